@@ -1,0 +1,48 @@
+"""Labels stamped on every container, network, volume and image the harness creates.
+
+One prefix, one function. Cleanup finds what to remove only through these labels, so nothing the
+harness did not create is ever removed.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+PREFIX = "dind-dood-harness"
+MANAGED = f"{PREFIX}.managed"
+SESSION = f"{PREFIX}.session"
+OWNER_PID = f"{PREFIX}.owner-pid"
+TYPE = f"{PREFIX}.type"
+STAND_IN = f"{PREFIX}.stand-in"
+RECIPE_HASH = f"{PREFIX}.recipe-hash"
+UPSTREAM = f"{PREFIX}.upstream"
+
+_session_id = os.environ.get("HARNESS_SESSION_ID") or secrets.token_hex(4)
+
+
+def session_id() -> str:
+    """Return the id of this harness session (8 hex characters, or ``HARNESS_SESSION_ID``)."""
+    return _session_id
+
+
+def managed_labels(kind: str, **extra: str) -> dict[str, str]:
+    """Return the labels for a resource of role ``kind`` (``registry``, ``runner``, ``job`` ...)."""
+    labels = {
+        MANAGED: "true",
+        SESSION: session_id(),
+        OWNER_PID: str(os.getpid()),
+        TYPE: kind,
+    }
+    labels.update({f"{PREFIX}.{key.replace('_', '-')}": value for key, value in extra.items()})
+    return labels
+
+
+def session_filter(session: str | None = None) -> dict[str, list[str]]:
+    """Return a docker-py ``filters`` dict matching resources of one session (default: this one)."""
+    return {"label": [f"{MANAGED}=true", f"{SESSION}={session or session_id()}"]}
+
+
+def managed_filter() -> dict[str, list[str]]:
+    """Return a docker-py ``filters`` dict matching every resource any harness session created."""
+    return {"label": [f"{MANAGED}=true"]}
