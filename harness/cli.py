@@ -53,6 +53,19 @@ def _images(args: argparse.Namespace) -> int:
     return 0
 
 
+def _clean(args: argparse.Namespace) -> int:
+    from harness import cleanup, engine
+
+    found = cleanup.clean(engine.require_engine(), session=args.session, dead_only=not args.all,
+                          dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for kind, rows in (("container", found.containers), ("network", found.networks), ("volume", found.volumes)):
+        for name, session in rows:
+            print(f"{verb} {kind} {name} (session {session or '?'})")
+    print(f"{found.count()} labelled resources {'left over' if args.dry_run else 'removed'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with one sub-command per concept."""
     parser = argparse.ArgumentParser(prog="harness", description=__doc__)
@@ -72,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     images_parser.add_argument("--pull", action="store_true",
                                help="pull the real upstream images instead of building stand-ins")
     images_parser.set_defaults(handler=_images)
+
+    clean_parser = commands.add_parser("clean", help="remove what dead harness sessions left on the engine")
+    clean_parser.add_argument("--dry-run", action="store_true", help="list, remove nothing")
+    clean_parser.add_argument("--all", action="store_true",
+                              help="also resources of sessions whose owner process still runs")
+    clean_parser.add_argument("--session", help="only this session id")
+    clean_parser.set_defaults(handler=_clean)
     return parser
 
 

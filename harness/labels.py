@@ -18,7 +18,9 @@ STAND_IN = f"{PREFIX}.stand-in"
 RECIPE_HASH = f"{PREFIX}.recipe-hash"
 UPSTREAM = f"{PREFIX}.upstream"
 
+# A runner container inherits both from the host process, so what it creates is owned by that process.
 _session_id = os.environ.get("HARNESS_SESSION_ID") or secrets.token_hex(4)
+_owner_pid = os.environ.get("HARNESS_OWNER_PID") or str(os.getpid())
 
 
 def session_id() -> str:
@@ -26,12 +28,17 @@ def session_id() -> str:
     return _session_id
 
 
+def owner_pid() -> str:
+    """Return the pid of the host process that owns this session's resources."""
+    return _owner_pid
+
+
 def managed_labels(kind: str, **extra: str) -> dict[str, str]:
     """Return the labels for a resource of role ``kind`` (``registry``, ``runner``, ``job`` ...)."""
     labels = {
         MANAGED: "true",
         SESSION: session_id(),
-        OWNER_PID: str(os.getpid()),
+        OWNER_PID: _owner_pid,
         TYPE: kind,
     }
     labels.update({f"{PREFIX}.{key.replace('_', '-')}": value for key, value in extra.items()})
