@@ -66,6 +66,60 @@ def _clean(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_variables(pairs: list[str], masked: bool) -> list:
+    from harness.errors import InputError
+    from harness.variables import Variable
+
+    variables = []
+    for pair in pairs:
+        key, separator, value = pair.partition("=")
+        if not separator or not key:
+            option = "--masked-var" if masked else "--var"
+            raise InputError("command line", option, f"{pair!r} is not KEY=VALUE", f"write {option} KEY=VALUE")
+        variables.append(Variable(key, value, masked=masked, public=False))
+    return variables
+
+
+def _run(args: argparse.Namespace) -> int:
+    from harness import engine, run, scenario
+
+    loaded = scenario.load_scenario(args.scenario)
+    modes = list(loaded.modes) if args.mode == "both" else [args.mode]
+    options = run.RunOptions(in_process=args.debug_in_process, branch=args.branch,
+                             variables=_parse_variables(args.var, False) + _parse_variables(args.masked_var, True))
+    client = engine.require_engine()
+    failed = False
+    for mode in modes:
+        result = run.run_scenario(client, loaded, mode, options)
+        print(_report(result, show_traces=args.show_traces))
+        failed = failed or not result.succeeded
+    return 1 if failed else 0
+
+
+def _report(result, show_traces: bool) -> str:
+    parts = [f"== {result.scenario} in {result.mode} mode ==", result.summary(), result.placement.table()]
+    if result.registry_tags:
+        tags = ", ".join(f"{repo}:{tag}" for repo, tags in result.registry_tags.items() for tag in tags)
+        parts.append(f"registry holds: {tags}")
+    if show_traces:
+        parts += [f"--- trace of {job.name} ---\n{job.trace}" for job in result.jobs if job.trace]
+    return "\n".join(parts) + "\n"
+
+
+def _demo(args: argparse.Namespace) -> int:
+    args.scenario, args.mode, args.var, args.masked_var, args.branch = "seed", "both", [], [], None
+    args.debug_in_process = False
+    return _run(args)
+
+
+def _scenarios(args: argparse.Namespace) -> int:
+    from harness import scenario
+
+    for item in scenario.list_scenarios():
+        print(f"{item.name:<24} {','.join(item.modes):<10} {item.purpose}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with one sub-command per concept."""
     parser = argparse.ArgumentParser(prog="harness", description=__doc__)
@@ -85,6 +139,27 @@ def build_parser() -> argparse.ArgumentParser:
     images_parser.add_argument("--pull", action="store_true",
                                help="pull the real upstream images instead of building stand-ins")
     images_parser.set_defaults(handler=_images)
+
+    run_parser = commands.add_parser("run", help="run a scenario's pipeline and print where things ended up")
+    run_parser.add_argument("scenario", help="scenario folder, or a name under scenarios/")
+    run_parser.add_argument("--mode", choices=["dind", "dood", "both"], default="both")
+    run_parser.add_argument("--var", action="append", default=[], metavar="KEY=VALUE",
+                            help="extra project variable (repeatable)")
+    run_parser.add_argument("--masked-var", action="append", default=[], metavar="KEY=VALUE",
+                            help="extra masked project variable, hidden in traces (repeatable)")
+    run_parser.add_argument("--branch", help="run the pipeline for this branch (default: the scenario's)")
+    run_parser.add_argument("--show-traces", action="store_true", help="print every job's trace")
+    run_parser.add_argument("--debug-in-process", action="store_true",
+                            help="run the executor in this process instead of a runner container")
+    run_parser.set_defaults(handler=_run)
+
+    demo_parser = commands.add_parser("demo", help="run the seed pipeline in DinD and DooD")
+    demo_parser.add_argument("--show-traces", action="store_true", help="print every job's trace")
+    demo_parser.set_defaults(handler=_demo)
+
+    scenarios_parser = commands.add_parser("scenarios", help="list the bundled scenarios")
+    scenarios_parser.add_argument("action", choices=["list"])
+    scenarios_parser.set_defaults(handler=_scenarios)
 
     clean_parser = commands.add_parser("clean", help="remove what dead harness sessions left on the engine")
     clean_parser.add_argument("--dry-run", action="store_true", help="list, remove nothing")

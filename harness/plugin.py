@@ -41,3 +41,75 @@ def engine_client() -> Iterator["docker.DockerClient"]:
         pytest.fail(str(error), pytrace=False)
     yield client
     client.close()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("dind-dood-harness")
+    group.addoption("--harness-in-process", action="store_true",
+                    help="run the executor in the pytest process instead of a runner container")
+    group.addoption("--harness-pull-policy", choices=["if-not-present", "never", "always"], default=None,
+                    help="override every runner config's pull_policy (default: the config's own)")
+
+
+_RESULTS_KEY = pytest.StashKey[list]()
+
+
+class ScenarioRuns:
+    """Runs scenarios on demand and caches each (scenario, mode) result for the whole session.
+
+    Several tests usually assert on one run of the same pipeline, so the pipeline runs once.
+    """
+
+    def __init__(self, client, config: pytest.Config) -> None:
+        self.client = client
+        self.config = config
+        self._cache: dict[tuple[str, str], object] = {}
+
+    def __call__(self, scenario: str, mode: str):
+        from harness import run
+        from harness.scenario import load_scenario
+
+        key = (scenario, mode)
+        if key not in self._cache:
+            options = run.RunOptions(in_process=self.config.getoption("--harness-in-process"),
+                                     pull_policy=self.config.getoption("--harness-pull-policy"))
+            self._cache[key] = run.run_scenario(self.client, load_scenario(scenario), mode, options)
+        return self._cache[key]
+
+
+@pytest.fixture(scope="session")
+def scenario_runs(engine_client, pytestconfig) -> ScenarioRuns:
+    """A callable ``scenario_runs(name, mode) -> RunResult`` that runs each pair once per session."""
+    return ScenarioRuns(engine_client, pytestconfig)
+
+
+@pytest.fixture
+def run_scenario(scenario_runs, request):
+    """Run (or reuse) a scenario in a mode; traces and placement are attached to a failing report.
+
+    Example::
+
+        def test_image_stays_in_dind(run_scenario):
+            result = run_scenario("seed", "dind")
+            result.placement.image("registry.example.com/app:1").only_in("dind")
+    """
+    used: list = request.node.stash.setdefault(_RESULTS_KEY, [])
+
+    def run(scenario: str, mode: str):
+        result = scenario_runs(scenario, mode)
+        used.append(result)
+        return result
+
+    return run
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    if report.failed and report.when == "call":
+        for result in item.stash.get(_RESULTS_KEY, []):
+            report.sections.append((f"placement {result.scenario}/{result.mode}", result.placement.table()))
+            for job in result.jobs:
+                if job.trace:
+                    report.sections.append((f"trace {result.scenario}/{result.mode}/{job.name}", job.trace))
+    return report

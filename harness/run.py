@@ -1,0 +1,284 @@
+"""Run a scenario's pipeline in one mode and collect job results and placement.
+
+The steps, in order: read every input file (nothing is created when one is invalid), check that
+every image exists, commit the project, start the registry (and, in DinD, the pull mirror), wire
+them into the runner config the way a runner admin would, start the runner container, run the
+jobs stage by stage with a host snapshot after each job, then tear everything down again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+
+from harness import placement as placement_module
+from harness.errors import InputError
+from harness.pipeline import CompiledJob, compile_pipeline, load_pipeline
+from harness.project import Project
+from harness.registry import Mirror, Registry
+from harness.registry_trust import Wiring
+from harness.runner import InProcessRunner, RunnerContainer, render_toml
+from harness.runner_config import RunnerConfig, load_runner_config
+from harness.scenario import Scenario
+from harness.variables import Variable, mask
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobResult:
+    """One job's outcome, with its trace (masked) and the raw executor result."""
+
+    name: str
+    stage: str
+    status: str
+    exit_code: int | None = None
+    trace: str = ""
+    duration: float = 0.0
+    details: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    """The outcome of one pipeline run in one mode."""
+
+    scenario: str
+    mode: str
+    jobs: list[JobResult]
+    placement: placement_module.Placement
+    registry_tags: dict[str, list[str]] = field(default_factory=dict)
+    registry_log: str = ""
+    secrets: list[str] = field(default_factory=list, repr=False)
+
+    @property
+    def succeeded(self) -> bool:
+        """Whether every job that ran succeeded (or was allowed to fail)."""
+        return all(job.status in ("success", "skipped") for job in self.jobs)
+
+    def leaked_secrets(self) -> list[str]:
+        """Return where a masked value still appears in clear text (traces, registry log); [] when none."""
+        texts = {f"trace of {job.name}": job.trace for job in self.jobs}
+        texts["registry log"] = self.registry_log
+        return [where for where, text in texts.items() for secret in self.secrets if secret and secret in text]
+
+    def job(self, name: str) -> JobResult:
+        """Return the result of the job called ``name``."""
+        for job in self.jobs:
+            if job.name == name:
+                return job
+        raise KeyError(f"no job {name!r}; jobs: {', '.join(j.name for j in self.jobs)}")
+
+    def summary(self) -> str:
+        """Render the job results as aligned lines."""
+        width = max((len(job.name) for job in self.jobs), default=4)
+        lines = [f"jobs ({self.mode}):"]
+        for job in self.jobs:
+            code = "" if job.exit_code is None else f" (exit {job.exit_code})"
+            lines.append(f"  {job.stage:<8} {job.name.ljust(width)}  {job.status}{code}  {job.duration:.1f} s")
+        return "\n".join(lines)
+
+
+@dataclass
+class RunOptions:
+    """How to run: in-process executor for debugging, extra variables, branch override."""
+
+    in_process: bool = False
+    pull_policy: str | None = None
+    variables: list[Variable] = field(default_factory=list)
+    branch: str | None = None
+
+
+def run_scenario(client: docker.DockerClient, scenario: Scenario, mode: str,
+                 options: RunOptions | None = None) -> RunResult:
+    """Run ``scenario``'s pipeline in ``mode`` (``dind`` or ``dood``) on the engine behind ``client``.
+
+    Raises:
+        InputError: an input file is invalid or names an image that does not exist locally;
+            nothing has been created on the engine then.
+    """
+    options = options or RunOptions()
+    if mode not in scenario.modes:
+        raise InputError(scenario.folder / "scenario.toml", f"modes.{mode}", "mode not defined",
+                         f"use one of: {', '.join(scenario.modes)}")
+    files = scenario.modes[mode]
+    pipeline = load_pipeline(files.pipeline)
+    config = load_runner_config(files.runner_config)
+    _check_images(client, files.pipeline, files.runner_config, pipeline, config)
+
+    with contextlib.ExitStack() as stack:
+        session = _Session(client, scenario, mode, options, stack)
+        return session.run(pipeline, config)
+
+
+def _check_images(client, pipeline_path: Path, config_path: Path, pipeline, config: RunnerConfig) -> None:
+    """Raise InputError for the first image named by the pipeline or config that is not local."""
+    wanted = [(config_path, "runners[0].docker.image", config.docker.image)]
+    for job in pipeline.jobs:
+        wanted.append((pipeline_path, f"{job.name}.image", job.image))
+        wanted += [(pipeline_path, f"{job.name}.services[{i}]", name) for i, name in enumerate(job.service_images)]
+
+    for path, key, image in wanted:
+        if image and not _image_exists(client, image):
+            raise InputError(path, key, f'image "{image}" does not exist on the engine and cannot be pulled here',
+                             "run `harness images build` or name a stand-in (`harness images list`)")
+
+
+def _image_exists(client, reference: str) -> bool:
+    try:
+        client.images.get(placement_module.normalize_reference(reference))
+    except docker.errors.ImageNotFound:
+        return False
+    return True
+
+
+class _Session:
+    """Everything one run creates, registered on an ExitStack so that it is undone in reverse."""
+
+    def __init__(self, client, scenario: Scenario, mode: str, options: RunOptions,
+                 stack: contextlib.ExitStack) -> None:
+        self.client = client
+        self.scenario = scenario
+        self.mode = mode
+        self.options = options
+        self.stack = stack
+        self.registry: Registry | None = None
+        self.secrets: list[str] = []
+
+    def run(self, pipeline, config: RunnerConfig) -> RunResult:
+        project = self._project()
+        variables, wiring = self._registry_and_mirror()
+        compiled = compile_pipeline(pipeline, project, branch=self.options.branch or self.scenario.branch,
+                                    variables=[*variables, *self.options.variables])
+        self.secrets = [v.value for v in [*variables, *self.options.variables] if v.masked]
+
+        baseline = placement_module.snapshot_engine(self.client, placement_module.HOST, "before the pipeline",
+                                                    self.scenario.watch_paths)
+        self.stack.callback(self._remove_what_jobs_left, baseline)
+        runner = self._runner(config, wiring, project)
+        snapshots: list[placement_module.Snapshot] = []
+        jobs = self._run_stages(runner, compiled, snapshots)
+
+        result = RunResult(self.scenario.name, self.mode, jobs,
+                           placement_module.Placement(self.mode, baseline, snapshots), secrets=self.secrets)
+        if self.registry is not None:
+            result.registry_tags = self.registry.tags()
+            result.registry_log = mask(self.registry.logs(tail=400), self.secrets)
+        return result
+
+    def _project(self) -> Project:
+        work_dir = Path(self.stack.enter_context(_temporary_directory("harness-project-")))
+        return Project.from_directory(self.scenario.project_dir, self.scenario.namespace,
+                                      self.scenario.project_name, branch=self.scenario.branch,
+                                      work_dir=work_dir)
+
+    def _registry_and_mirror(self) -> tuple[list[Variable], Wiring]:
+        wiring = Wiring((), ())
+        variables: list[Variable] = []
+        spec = self.scenario.registry
+        if spec is not None:
+            self.registry = self.stack.enter_context(
+                Registry(self.client).with_hostnames([spec.hostname]).with_auth())
+            wiring = wiring + self.registry.wiring()
+            if self.mode == "dood":
+                self.registry.install_host_trust()
+            variables = [Variable(spec.user_variable, self.registry.username, masked=True, public=False),
+                         Variable(spec.password_variable, self.registry.password, masked=True, public=False),
+                         Variable(spec.address_variable, spec.hostname, masked=False, public=False)]
+        if self.mode == "dind":
+            mirror = self.stack.enter_context(Mirror(self.client))
+            wiring = wiring + mirror.wiring()
+        return variables, wiring
+
+    def _runner(self, config: RunnerConfig, wiring: Wiring, project: Project):
+        wired = config.with_wiring(extra_hosts=list(wiring.extra_hosts), volumes=list(wiring.volumes))
+        config_toml = render_toml(wired.to_dict())
+        runner_class = InProcessRunner if self.options.in_process else RunnerContainer
+        runner = runner_class(self.client, config_toml, project.repo_dir).start()
+        self.stack.callback(runner.close)
+        return runner
+
+    def _run_stages(self, runner, compiled, snapshots) -> list[JobResult]:
+        results: list[JobResult] = []
+        failed = False
+        for stage in compiled.stages:
+            for job in (j for j in compiled.jobs if j.stage == stage):
+                if not _should_run(job, failed):
+                    results.append(JobResult(job.name, stage, "skipped"))
+                    continue
+                result = self._run_job(runner, job, snapshots)
+                results.append(result)
+                failed = failed or (result.status != "success" and not job.allow_failure)
+        return results
+
+    def _run_job(self, runner, job: CompiledJob, snapshots) -> JobResult:
+        log.info("job %s (stage %s) starting in %s mode", job.name, job.stage, self.mode)
+        started = time.monotonic()
+        chunks: list[str] = []
+        details = runner.run_job(job.payload, chunks.append)
+        trace = mask("".join(chunks), self.secrets)
+
+        for observed in details.get("snapshots", []):
+            snapshots.append(placement_module.Snapshot.from_dict(observed))
+        snapshots.append(placement_module.snapshot_engine(self.client, placement_module.HOST,
+                                                          f"after {job.name}", self.scenario.watch_paths))
+        result = JobResult(job.name, job.stage, details.get("status", "failed"), details.get("exit_code"),
+                           trace, time.monotonic() - started, details)
+        log.info("job %s finished: %s in %.1f s", job.name, result.status, result.duration)
+        return result
+
+    def _remove_what_jobs_left(self, baseline: placement_module.Snapshot) -> None:
+        """Remove containers, images and watched paths that jobs created on the host engine.
+
+        In DooD a job's own ``docker run`` leaves containers on the host that carry no harness
+        label; they are found by comparing with the snapshot taken before the first job.
+        NOTE: anything another process creates on the same engine during the run is removed too;
+        a disposable sandbox engine per session would remove that risk.
+        """
+        final = placement_module.snapshot_engine(self.client, placement_module.HOST, "teardown",
+                                                 self.scenario.watch_paths)
+        known = {c.name for c in baseline.containers}
+        for record in final.containers:
+            if record.name not in known:
+                _ignore_missing(lambda: self.client.containers.get(record.id).remove(force=True, v=True))
+                log.info("removed container %s that a job left on the host engine", record.name)
+        for image in set(final.images) - set(baseline.images):
+            _ignore_missing(lambda: self.client.images.remove(image, force=True))
+            log.info("removed image %s that a job built on the host engine", image)
+        for path in set(final.paths) - set(baseline.paths):
+            shutil.rmtree(path, ignore_errors=True)
+            log.info("removed host path %s that a job created", path)
+
+
+def _should_run(job: CompiledJob, failed: bool) -> bool:
+    if job.when in ("never", "manual"):
+        return False
+    if job.when == "always":
+        return True
+    if job.when == "on_failure":
+        return failed
+    return not failed
+
+
+def _ignore_missing(remove) -> None:
+    try:
+        remove()
+    except docker.errors.NotFound:
+        pass
+
+
+@contextlib.contextmanager
+def _temporary_directory(prefix: str):
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix=prefix)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

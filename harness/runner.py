@@ -1,0 +1,181 @@
+"""The runner container: where the docker executor runs, as a gitlab-runner container does.
+
+It is started on the host engine with the host's Docker socket mounted, so the executor inside
+creates build and service containers as siblings on the host engine, and paths in the runner
+config (``volumes``, ``cache_dir``) resolve on the host. The harness package is bind-mounted
+read-only at ``/opt/harness``; the image only brings Debian's Python and docker-py.
+
+``InProcessRunner`` runs the same executor inside this process instead (``--debug-in-process``),
+for stepping through it with a debugger.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Protocol
+
+import docker
+import docker.errors
+
+from harness import labels
+
+log = logging.getLogger(__name__)
+
+RUNNER_IMAGE = "dind-dood-harness/runner:latest"
+PACKAGE_DIR = Path(__file__).resolve().parent
+WORK_MOUNT = "/var/lib/harness-runner"
+SOCKET = "/var/run/docker.sock"
+
+
+class JobRunner(Protocol):
+    """Runs one job payload and returns the executor's result dictionary."""
+
+    def run_job(self, payload: dict, on_trace: Callable[[str], None]) -> dict: ...
+
+    def close(self) -> None: ...
+
+
+def _render_toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_render_toml_value(item) for item in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def render_toml(data: dict, prefix: str = "") -> str:
+    """Write a nested dict of strings, numbers, booleans, lists and tables as TOML.
+
+    Lists of tables become ``[[name]]`` arrays, as ``[[runners]]`` in a runner config. Keys whose
+    value is None are left out, as the runner treats a missing key as unset.
+    """
+    lines, tables = [], []
+    for key, value in data.items():
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            tables.append((key, value, False))
+        elif isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+            tables.append((key, value, True))
+        else:
+            lines.append(f"{key} = {_render_toml_value(value)}")
+
+    for key, value, is_array in tables:
+        name = f"{prefix}{key}"
+        for table in (value if is_array else [value]):
+            header = f"[[{name}]]" if is_array else f"[{name}]"
+            lines.append(f"\n{header}\n{render_toml(table, name + '.')}".rstrip())
+    return "\n".join(lines) + "\n"
+
+
+class RunnerContainer:
+    """A long-lived runner container that runs jobs with ``python3 -m harness.executor``.
+
+    Starting it creates one container on the host engine, labelled as type ``runner``; ``close``
+    removes it. Jobs run one after another through ``docker exec``.
+    """
+
+    def __init__(self, client: docker.DockerClient, config_toml: str, sources: Path,
+                 image: str = RUNNER_IMAGE) -> None:
+        self.client = client
+        self.image = image
+        self.sources = sources
+        self.work_dir = Path(tempfile.mkdtemp(prefix="harness-runner-"))
+        (self.work_dir / "config.toml").write_text(config_toml)
+        self.container = None
+
+    def start(self) -> "RunnerContainer":
+        """Create and start the runner container (``docker run -d`` with the socket mounted)."""
+        volumes = {
+            SOCKET: {"bind": SOCKET, "mode": "rw"},
+            str(PACKAGE_DIR): {"bind": "/opt/harness/harness", "mode": "ro"},
+            str(self.work_dir): {"bind": WORK_MOUNT, "mode": "rw"},
+            str(self.sources): {"bind": "/var/lib/harness-sources", "mode": "ro"},
+        }
+        environment = {"PYTHONPATH": "/opt/harness", "HARNESS_SESSION_ID": labels.session_id(),
+                       "HARNESS_OWNER_PID": labels.owner_pid(), "PYTHONUNBUFFERED": "1"}
+        self.container = self.client.containers.run(
+            self.image, ["sleep", "infinity"], detach=True, volumes=volumes, environment=environment,
+            labels=labels.managed_labels("runner"), name=f"harness-runner-{labels.session_id()}-{os.getpid()}",
+            init=True)
+        log.info("runner container %s started on the host engine", self.container.name)
+        return self
+
+    def run_job(self, payload: dict, on_trace: Callable[[str], None]) -> dict:
+        """Run one job in the runner container; stream its trace to ``on_trace``; return the result."""
+        job_id = payload["id"]
+        (self.work_dir / f"job-{job_id}.json").write_text(json.dumps(payload))
+        command = ["python3", "-m", "harness.executor", "--config", f"{WORK_MOUNT}/config.toml",
+                   "--job", f"{WORK_MOUNT}/job-{job_id}.json", "--sources", "/var/lib/harness-sources",
+                   "--result", f"{WORK_MOUNT}/result-{job_id}.json"]
+        execution = self.client.api.exec_create(self.container.id, command)
+        for chunk in self.client.api.exec_start(execution["Id"], stream=True):
+            on_trace(chunk.decode(errors="replace"))
+
+        exit_code = self.client.api.exec_inspect(execution["Id"])["ExitCode"]
+        result_path = self.work_dir / f"result-{job_id}.json"
+        if not result_path.exists():
+            raise RuntimeError(f"the executor in {self.container.name} exited with {exit_code} "
+                               "and wrote no result; its output is in the job trace")
+        return json.loads(result_path.read_text())
+
+    def close(self) -> None:
+        """Remove the runner container and its work directory."""
+        if self.container is not None:
+            try:
+                self.container.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+            log.debug("runner container %s removed", self.container.name)
+            self.container = None
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+class InProcessRunner:
+    """Runs the executor inside this Python process, against the same engine (for debugging)."""
+
+    def __init__(self, client: docker.DockerClient, config_toml: str, sources: Path) -> None:
+        self.client = client
+        self.sources = sources
+        self.work_dir = Path(tempfile.mkdtemp(prefix="harness-runner-"))
+        self.config_path = self.work_dir / "config.toml"
+        self.config_path.write_text(config_toml)
+
+    def start(self) -> "InProcessRunner":
+        """Nothing to start: the executor is imported on first use."""
+        return self
+
+    def run_job(self, payload: dict, on_trace: Callable[[str], None]) -> dict:
+        """Run one job in this process; return the same result dictionary the container writes."""
+        from harness.executor.__main__ import run_payload
+
+        return run_payload(self.client, self.config_path, payload, self.sources, _TraceWriter(on_trace))
+
+    def close(self) -> None:
+        """Remove the temporary work directory."""
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+class _TraceWriter:
+    """A text stream that forwards writes to a callback."""
+
+    def __init__(self, on_trace: Callable[[str], None]) -> None:
+        self.on_trace = on_trace
+
+    def write(self, text: str) -> int:
+        self.on_trace(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
