@@ -17,34 +17,26 @@ import docker
 from harness.errors import HarnessError, InputError
 from harness.executor.compat import RunnerCompat
 from harness.executor.executor import DockerExecutor
+from harness.runner_config import load_runner_config
 
 log = logging.getLogger(__name__)
 
 
-def load_config(path: Path):
-    """Return the runner config at ``path``: a ``RunnerConfig`` when that module exists, else a dict."""
-    try:
-        from harness.runner_config import load_runner_config
-    except ImportError:
-        # NOTE: fallback until harness.runner_config exists; both shapes carry config.toml keys.
-        import tomllib
-
-        try:
-            return tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as error:
-            raise InputError(str(path), "", f"cannot read the runner config: {error}", "fix the TOML file") from error
-    return load_runner_config(path)
-
-
 def run_payload(client, config_path: Path, payload: dict, sources: Path | None, trace: TextIO,
                 runner: str | None = None, compat: RunnerCompat | None = None) -> dict:
-    """Run ``payload`` with the runner config at ``config_path``; return ``JobResult.to_dict()``."""
-    executor = DockerExecutor(client, load_config(Path(config_path)), compat=compat, runner=runner)
+    """Run ``payload`` with the runner config at ``config_path``; return ``JobResult.to_dict()``.
+
+    Raises:
+        InputError: the config file is invalid or has no runner called ``runner``.
+    """
+    config = load_runner_config(Path(config_path), runner)
+    executor = DockerExecutor(client, config, compat=compat)
     return executor.run(payload, sources, trace).to_dict()
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python3 -m harness.executor", description=__doc__.splitlines()[0])
+    """Parse the command line of ``python3 -m harness.executor``."""
+    parser = argparse.ArgumentParser(prog="python3 -m harness.executor", description="Run one GitLab job payload with the docker executor.")
     parser.add_argument("--config", required=True, type=Path, help="runner config.toml")
     parser.add_argument("--runner", help="name of the [[runners]] entry (default: the first)")
     parser.add_argument("--job", required=True, type=Path, help="job payload JSON, as GitLab sends it")
@@ -55,6 +47,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one job from files; return 0 for success, 1 for a failed job, 2 for invalid input."""
     arguments = parse_arguments(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -10,6 +10,7 @@ import docker.errors
 import requests
 
 from harness.executor import naming
+from harness.executor.containers import remove_by_name
 from harness.executor.networks import NetworkManager
 from harness.executor.runner_labels import Labeler
 from harness.executor.services import ServiceInfo
@@ -81,8 +82,9 @@ class ServiceWaiter:
         started = time.monotonic()
         try:
             error, check_logs = self._check(info, timeout)
-        except docker.errors.APIError as failure:
-            error, check_logs = f"service {info.container_name!r} health check: {failure}", ""
+        except Exception as failure:  # noqa: BLE001 - a thread must report, never die silently
+            log.debug("health check of %s raised", info.container_name, exc_info=True)
+            error, check_logs = f'service "{info.container_name}" health check: {failure}', ""
         if error:
             remaining = timeout - (time.monotonic() - started)
             # The runner gives a failing service a moment to write its last log lines.

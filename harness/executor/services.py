@@ -40,8 +40,17 @@ class ServiceDefinition:
             alias=str(entry.get("alias") or ""),
             entrypoint=tuple(entry.get("entrypoint") or ()),
             command=tuple(entry.get("command") or ()),
-            variables=tuple(Variable.from_payload({"public": True, **item}) for item in entry.get("variables") or ()),
+            variables=_service_variables(entry),
         )
+
+
+def _service_variables(entry: Mapping) -> tuple[Variable, ...]:
+    """Return a service's own variables: payload ``variables`` or config ``environment`` entries."""
+    variables = [Variable.from_payload({"public": True, **item}) for item in entry.get("variables") or ()]
+    for item in entry.get("environment") or ():
+        key, _, value = str(item).partition("=")
+        variables.append(Variable(key, value, public=True))
+    return tuple(variables)
 
 
 @dataclasses.dataclass

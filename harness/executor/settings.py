@@ -58,6 +58,8 @@ class ExecutorSettings:
     enable_ipv6: bool = False
     disable_cache: bool = False
     docker_cache_dir: str = ""
+    # NOTE: GitLab Runner defaults to "always"; an empty tuple here means "if-not-present",
+    # because the harness is offline and "always" could only pull from a loopback registry.
     pull_policy: tuple[str, ...] = ()
     wait_for_services_timeout: int = 0
     helper_image: str = DEFAULT_HELPER_IMAGE
@@ -79,7 +81,13 @@ class ExecutorSettings:
         Raises:
             InputError: no runner has that name, or the config has no runner.
         """
-        data = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+        if hasattr(config, "to_dict"):
+            # A RunnerConfig keeps its runner selection and file path outside to_dict().
+            runner = runner or getattr(getattr(config, "runner", None), "name", None) or None
+            config_file = str(getattr(config, "path", "") or config_file)
+            data = config.to_dict()
+        else:
+            data = dict(config)
         entry = _select_runner(data, runner, config_file)
         docker_table = entry.get("docker") or {}
         return cls(
