@@ -140,10 +140,14 @@ class CertificateAuthority:
             .sign(key, hashes.SHA256())
         )
         self.directory.mkdir(parents=True, exist_ok=True)
-        key_path = self.directory / "ca.key"
-        key_path.touch(mode=0o600)
-        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
+        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        # The mode is set on the open descriptor, so the key is never readable by others, not even
+        # when an expired CA's key file is overwritten.
+        descriptor = os.open(self.directory / "ca.key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            os.fchmod(descriptor, 0o600)
+            handle.write(key_pem)
         self.cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
         log.info("created harness CA %s", self.cert_path)
         return key, certificate
@@ -228,7 +232,9 @@ def _resolve_v4(name: str, files_only: bool) -> set[str]:
 class HostTrust:
     """``certs.d`` entries and an ``/etc/hosts`` block that let the host engine reach one registry.
 
-    IP addresses in ``names`` get a ``certs.d`` entry only; DNS names also get a hosts entry.
+    IP addresses in ``names`` get a ``certs.d`` entry only, and DNS names also get a hosts entry.
+    The check after writing asks the system resolver, which reads ``/etc/hosts``, so another
+    ``hosts_file`` always fails it.
     """
 
     def __init__(self, ip: str, ca_pem: bytes, names: Sequence[str], owner: str,
@@ -263,6 +269,10 @@ class HostTrust:
                 _rewrite_in_place(self.hosts_file, lambda text: add_hosts_block(text, self.block_id, entries))
                 self._hosts_written = True
                 self._verify_resolution()
+        except OSError as error:
+            self.remove()
+            raise RegistryError(f"writing host trust for {', '.join(self.names)} failed: {error}; run as "
+                                f"root so that {self.certs_root} and {self.hosts_file} are writable") from error
         except BaseException:
             self.remove()
             raise

@@ -99,6 +99,8 @@ def test_wiring_sum_rejects_conflicts():
     ("node:18", ("library/node", "18")),
     ("docker:19.03.7-dind", ("library/docker", "19.03.7-dind")),
     ("gitlab/gitlab-runner:v16", ("gitlab/gitlab-runner", "v16")),
+    ("docker.io/library/node:18", ("library/node", "18")),
+    ("index.docker.io/alpine:3", ("library/alpine", "3")),
 ])
 def test_hub_repository_maps_names(reference, expected):
     assert hub_repository(reference) == expected
@@ -151,11 +153,12 @@ def test_host_trust_undone_when_name_does_not_resolve(tmp_path):
 # Engine tests: real registry containers, a real dind daemon, the host engine.
 
 
-def _registry_resources(client: docker.DockerClient) -> list[str]:
+def _registry_resources(client: docker.DockerClient, name: str = "") -> list[str]:
+    """Return this session's registry containers and volumes, only those named ``name*`` if given."""
     selector = {"label": [f"{labels.SESSION}={labels.session_id()}", f"{labels.TYPE}=registry"]}
     containers = [container.name for container in client.containers.list(all=True, filters=selector)]
     volumes = [volume.name for volume in client.volumes.list(filters=selector)]
-    return containers + volumes
+    return [found for found in containers + volumes if found.startswith(name)]
 
 
 def _get_v2(registry: Registry, authorization: tuple[str, str] | None) -> int:
@@ -199,10 +202,12 @@ def dind(engine_client):
     started = []
 
     def start(wiring: Wiring):
+        # dockerd 20.10.24 waits 15 s before serving plain TCP unless --tls=false states the intent.
         container = engine_client.containers.run(
-            DIND_IMAGE, detach=True, privileged=True, environment={"DOCKER_TLS_CERTDIR": ""},
+            DIND_IMAGE, ["--tls=false"], detach=True, privileged=True, environment={"DOCKER_TLS_CERTDIR": ""},
             extra_hosts=list(wiring.extra_hosts), volumes=list(wiring.volumes),
-            labels=labels.managed_labels("test-dind"), name=f"{labels.PREFIX}-{labels.session_id()}-dind-{len(started)}")
+            labels=labels.managed_labels("test-dind"),
+            name=f"{labels.PREFIX}-{labels.session_id()}-dind-{len(started)}")
         started.append(container)
         deadline = time.monotonic() + 90
         while container.exec_run(["docker", "version"]).exit_code != 0:
@@ -221,7 +226,7 @@ def dind(engine_client):
 def seed_registry(engine_client):
     with Registry(engine_client).with_hostnames([SEED_HOST]) as registry:
         yield registry
-    assert _registry_resources(engine_client) == []
+    assert _registry_resources(engine_client, registry.name) == []
 
 
 @pytest.mark.registry
@@ -237,7 +242,8 @@ def test_registry_container_labelled(engine_client, seed_registry):
 
     assert container.labels[labels.SESSION] == labels.session_id()
     assert container.labels[labels.TYPE] == "registry"
-    assert seed_registry.volume.name in _registry_resources(engine_client)
+    resources = _registry_resources(engine_client, seed_registry.name)
+    assert resources == [seed_registry.name, seed_registry.volume.name]
 
 
 @pytest.mark.registry
@@ -258,7 +264,7 @@ def test_registry_stop_removes_everything(engine_client):
 
     registry.stop()
 
-    assert _registry_resources(engine_client) == []
+    assert _registry_resources(engine_client, registry.name) == []
     assert not certs_dir.exists()
 
 
@@ -270,7 +276,7 @@ def test_registry_failed_start_leaves_nothing(engine_client):
     with pytest.raises(RegistryError, match="failed to start"):
         registry.start()
 
-    assert _registry_resources(engine_client) == []
+    assert _registry_resources(engine_client, registry.name) == []
     assert not (session_dir() / "certs.d" / "broken.harness.invalid").exists()
 
 
@@ -285,6 +291,7 @@ def test_host_engine_push_pull(engine_client, seed_registry):
         engine_client.login(registry=SEED_HOST, **auth)
         events = list(engine_client.images.push(reference, tag="1", auth_config=auth, stream=True, decode=True))
         assert not [event for event in events if "error" in event], events
+        assert seed_registry.tags() == {"devopsman/host-test": ["1"]}
         engine_client.images.remove(f"{reference}:1")
 
         pulled = engine_client.images.pull(reference, tag="1", auth_config=auth)
@@ -346,6 +353,20 @@ def test_dind_pulls_busybox_from_mirror(engine_client, dind):
         assert "from-mirror" in output
         assert "https://harness-mirror/" in info
         assert "http.request.host=harness-mirror " in mirror.logs(tail=200)
+
+
+@pytest.mark.registry
+@pytest.mark.dind
+def test_dind_combined_wiring_pull_then_push(engine_client, seed_registry, dind):
+    reference = f"{SEED_HOST}/devopsman/marionxue-ops:nodedemo"
+    with Mirror(engine_client).with_images({"busybox:latest": BUSYBOX_IMAGE}) as mirror:
+        daemon = dind(seed_registry.wiring() + mirror.wiring())
+
+        _exec(daemon, f"docker pull busybox && docker tag busybox {reference}")
+        _exec(daemon, f"docker login -u {seed_registry.username} -p {seed_registry.password} {SEED_HOST}")
+        _exec(daemon, f"docker push {reference} && docker rmi {reference} && docker pull {reference}")
+
+    assert seed_registry.tags() == {"devopsman/marionxue-ops": ["nodedemo"]}
 
 
 def _ignore_image(client: docker.DockerClient, reference: str) -> None:

@@ -1,0 +1,337 @@
+"""One distribution 2.8 container with TLS on port 443: the machinery ``Registry`` and ``Mirror`` share.
+
+The container starts first and waits for its configuration, because its TLS certificate must name
+the container's IP address, which exists only once the container runs. The harness then copies in
+``config.yml``, the certificate and key, and the credentials that the image's entrypoint hashes
+with ``htpasswd -B`` from apache2-utils, since distribution 2.8 accepts only bcrypt entries.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.client
+import io
+import json
+import logging
+import secrets
+import shutil
+import ssl
+import string
+import tarfile
+import time
+from pathlib import Path
+from typing import Self
+
+import docker
+import docker.errors
+
+from harness import labels
+from harness.errors import ReadinessTimeout, RegistryError
+from harness.registry_trust import (
+    HOST_CERTS_DIR,
+    HOSTS_FILE,
+    CertificateAuthority,
+    HostTrust,
+    Wiring,
+    registry_state_dir,
+)
+
+log = logging.getLogger(__name__)
+
+REGISTRY_IMAGE = "registry:2"
+CONFIG_TEMPLATE = Path(__file__).resolve().parents[1] / "docker" / "registry" / "config.yml.tmpl"
+CONFIG_DIR = "/etc/docker/registry"
+STORAGE_PATH = "/var/lib/docker-registry"
+HTPASSWD_AUTH = "auth:\n  htpasswd:\n    realm: dind-dood-harness\n    path: /etc/docker/registry/htpasswd\n"
+
+
+def session_dir() -> Path:
+    """Return the directory of this session's wiring files: ``certs.d`` and mirror ``daemon.json``."""
+    return registry_state_dir() / "sessions" / labels.session_id()
+
+
+class RegistryContainer:
+    """One distribution 2.8 container with TLS on 443 and its storage volume."""
+
+    role = "registry"
+
+    def __init__(self, client: docker.DockerClient, image: str | None = None) -> None:
+        self._client = client
+        self._image = image or REGISTRY_IMAGE
+        self._hostnames: list[str] = []
+        self._credentials: tuple[str, str] | None = None
+        self._network: str | None = None
+        self._ca: CertificateAuthority | None = None
+        self._host_trusts: list[HostTrust] = []
+        self._wiring_paths: list[Path] = []
+        self.container = None
+        self.volume = None
+        self.ip = ""
+        self.name = f"{labels.PREFIX}-{labels.session_id()}-{self.role}-{secrets.token_hex(3)}"
+
+    def with_network(self, network: str) -> Self:
+        """Run the container on ``network`` instead of the default bridge."""
+        self._network = network
+        return self
+
+    @property
+    def hostnames(self) -> list[str]:
+        """Names the registry's certificate covers and wiring maps to its IP."""
+        return list(self._hostnames)
+
+    @property
+    def ca_cert_path(self) -> Path:
+        """Path of the harness CA certificate that signed the registry's certificate."""
+        return self._authority().cert_path
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def start(self) -> Self:
+        """Create and start the container, wait until it serves ``/v2/``, then prepare wiring.
+
+        On any failure everything created so far is removed before the error propagates.
+
+        Raises:
+            RegistryError: the container could not be created or did not become ready; the
+                message carries the registry's last log lines.
+        """
+        if self.container is not None:
+            raise RegistryError(f"{self.name} is already started")
+        log.info("starting %s %s (hostnames: %s)", self.role, self.name, ", ".join(self._hostnames))
+        try:
+            self._create()
+            self.container.start()
+            self.ip = self._container_ip()
+            self._copy_config()
+            self.wait_ready()
+            self._write_wiring_certs()
+            self._after_ready()
+        except (docker.errors.DockerException, OSError, RegistryError, ReadinessTimeout) as error:
+            # A readiness timeout already carries the log tail.
+            tail = "" if isinstance(error, ReadinessTimeout) else f"\nlast log lines:\n{self.logs()}"
+            self.stop()
+            raise RegistryError(f"{self.role} {self.name} failed to start: {error}{tail}") from error
+        except BaseException:
+            self.stop()
+            raise
+        log.info("%s %s ready at %s", self.role, self.name, self.ip)
+        return self
+
+    def stop(self) -> None:
+        """Remove host trust, wiring files, the container and its storage volume.
+
+        Calling it again, or on a registry that never started, does nothing.
+        """
+        # Host trust goes first, so the host never maps a name to an address that is gone. The
+        # container goes even when removing host trust fails.
+        try:
+            while self._host_trusts:
+                self._host_trusts.pop().remove()
+        finally:
+            self._remove_wiring_files()
+            self._remove_container()
+
+    def _remove_wiring_files(self) -> None:
+        for path in self._wiring_paths:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        self._wiring_paths.clear()
+        for directory in (session_dir() / "certs.d", session_dir()):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+
+    def _remove_container(self) -> None:
+        if self.container is not None:
+            _ignore_missing(self.container.remove, force=True, v=True)
+            log.info("removed %s %s", self.role, self.name)
+            self.container = None
+        self.ip = ""
+        if self.volume is not None:
+            _ignore_missing(self.volume.remove, force=True)
+            self.volume = None
+
+    def logs(self, tail: int = 30) -> str:
+        """Return the last ``tail`` lines of the registry's log, or "" before start."""
+        if self.container is None:
+            return ""
+        try:
+            return self.container.logs(tail=tail).decode(errors="replace") or "(no log output)"
+        except docker.errors.DockerException as error:
+            return f"(log not readable: {error})"
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Poll ``GET https://<container ip>/v2/`` until it returns 401 (auth) or 200 (no auth).
+
+        Only the container's own IP is contacted, verified against the harness CA.
+
+        Raises:
+            RegistryError: the container exited.
+            ReadinessTimeout: no expected status within ``timeout`` seconds.
+        """
+        expected = 401 if self._credentials else 200
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self._probe_v2()
+            if status == expected:
+                return
+            self.container.reload()
+            if self.container.status not in ("created", "running"):
+                exit_code = self.container.attrs["State"]["ExitCode"]
+                raise RegistryError(f"{self.name} exited with status {exit_code}")
+            if time.monotonic() > deadline:
+                description = f"{self.role} {self.name} (last /v2/ status: {status})"
+                raise ReadinessTimeout(description, timeout, self.logs())
+            time.sleep(0.2)
+
+    def tags(self) -> dict[str, list[str]]:
+        """Return every repository the registry stores, with its sorted tags, read through its API.
+
+        Raises:
+            RegistryError: the registry is not started or a request failed.
+        """
+        self._require_started()
+        # NOTE: one catalog page of up to 1000 repositories; the harness registries hold a few.
+        repositories = self._get_json("/v2/_catalog?n=1000").get("repositories") or []
+        return {repository: sorted(self._get_json(f"/v2/{repository}/tags/list").get("tags") or [])
+                for repository in repositories}
+
+    def wiring(self) -> Wiring:
+        """Return the ``extra_hosts`` and ``volumes`` that make runner containers reach this registry.
+
+        The bound directory is shared by every registry of this session, so wirings of a
+        registry and the mirror combine with ``+`` into one ``/etc/docker/certs.d`` bind.
+        """
+        self._require_started()
+        extra_hosts = tuple(f"{name}:{self.ip}" for name in self._hostnames)
+        certs = session_dir() / "certs.d"
+        return Wiring(extra_hosts, (f"{certs}:/etc/docker/certs.d:ro",))
+
+    def install_host_trust(self, certs_root: Path = HOST_CERTS_DIR, hosts_file: Path = HOSTS_FILE) -> HostTrust:
+        """Make the host engine trust and resolve this registry, for DooD jobs, until stop().
+
+        Writes ``<certs_root>/<hostname>/ca.crt`` for every hostname and the container IP, and a
+        marked block mapping the hostnames to the container IP in ``hosts_file``.
+
+        Raises:
+            RegistryError: a trust directory exists that the harness did not create, or a name
+                does not resolve to the container IP afterwards (nothing is left installed).
+        """
+        self._require_started()
+        trust = HostTrust(self.ip, self._authority().cert_pem, [*self._hostnames, self.ip], self.name,
+                          certs_root=certs_root, hosts_file=hosts_file)
+        trust.install()
+        self._host_trusts.append(trust)
+        return trust
+
+    def _after_ready(self) -> None:
+        """Run role-specific steps once the registry serves; failures undo the whole start."""
+
+    def _authority(self) -> CertificateAuthority:
+        if self._ca is None:
+            self._ca = CertificateAuthority()
+        return self._ca
+
+    def _require_started(self) -> None:
+        if self.container is None or not self.ip:
+            raise RegistryError(f"{self.name} is not started; call start() first")
+
+    def _create(self) -> None:
+        try:
+            self._client.images.get(self._image)
+        except docker.errors.ImageNotFound as error:
+            raise RegistryError(f"image {self._image} not found on the engine; build the stand-ins "
+                                "with `harness images build` first") from error
+        container_labels = labels.managed_labels("registry", registry_role=self.role)
+        self.volume = self._client.volumes.create(name=f"{self.name}-storage", labels=container_labels)
+        self.container = self._client.containers.create(
+            self._image, name=self.name, labels=container_labels, detach=True,
+            volumes={self.volume.name: {"bind": STORAGE_PATH, "mode": "rw"}},
+            network=self._network)
+
+    def _container_ip(self) -> str:
+        self.container.reload()
+        networks = self.container.attrs["NetworkSettings"]["Networks"]
+        network = networks.get(self._network or "bridge") or next(iter(networks.values()), {})
+        address = network.get("IPAddress", "")
+        if not address:
+            raise RegistryError(f"{self.name} has no IP address on network {self._network or 'bridge'}")
+        return address
+
+    def _copy_config(self) -> None:
+        certificate, key = self._authority().issue(self._hostnames, [self.ip])
+        auth = HTPASSWD_AUTH if self._credentials else ""
+        config = string.Template(CONFIG_TEMPLATE.read_text()).substitute(auth=auth, instance=self.name)
+        files = [("tls/server.crt", certificate), ("tls/server.key", key), ("config.yml", config.encode())]
+        if self._credentials:
+            files.append(("credentials", f"{':'.join(self._credentials)}\n".encode()))
+        files.append(("config.complete", b""))
+        self.container.put_archive(CONFIG_DIR, _tar(files))
+
+    def _probe_v2(self) -> int | None:
+        try:
+            return self._get("/v2/", authorized=False)[0]
+        except (OSError, http.client.HTTPException) as error:
+            log.debug("%s: GET /v2/ failed: %s", self.name, error)
+            return None
+
+    def _get(self, path: str, authorized: bool = True, timeout: float = 2.0) -> tuple[int, bytes]:
+        """Send ``GET path`` to the container IP, verified against the harness CA."""
+        context = ssl.create_default_context(cafile=str(self.ca_cert_path))
+        connection = http.client.HTTPSConnection(self.ip, 443, timeout=timeout, context=context)
+        headers = {}
+        if authorized and self._credentials:
+            token = base64.b64encode(":".join(self._credentials).encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
+        try:
+            connection.request("GET", path, headers=headers)
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    def _get_json(self, path: str) -> dict:
+        try:
+            status, body = self._get(path, timeout=10.0)
+        except (OSError, http.client.HTTPException) as error:
+            raise RegistryError(f"GET {path} on {self.role} {self.name} failed: {error}") from error
+        if status != 200:
+            raise RegistryError(f"GET {path} on {self.role} {self.name} returned HTTP {status}: "
+                                f"{body[:200].decode(errors='replace')}")
+        return json.loads(body)
+
+    def _write_wiring_certs(self) -> None:
+        certs = session_dir() / "certs.d"
+        for name in self._hostnames:
+            directory = certs / name
+            if directory.exists():
+                raise RegistryError(f"another registry of session {labels.session_id()} already uses "
+                                    f"hostname {name}; give each registry its own hostnames")
+            directory.mkdir(parents=True)
+            self._wiring_paths.append(directory)
+            (directory / "ca.crt").write_bytes(self._authority().cert_pem)
+
+
+def _tar(files: list[tuple[str, bytes]]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, data in files:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o600
+            info.mtime = int(time.time())
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _ignore_missing(call, *args, **kwargs) -> None:
+    try:
+        call(*args, **kwargs)
+    except docker.errors.NotFound:
+        log.debug("already gone: %s %s", getattr(call, "__qualname__", call), args)
