@@ -269,6 +269,22 @@ def test_registry_stop_removes_everything(engine_client):
 
 
 @pytest.mark.registry
+def test_registry_on_user_network(engine_client):
+    network = engine_client.networks.create(f"{labels.PREFIX}-{labels.session_id()}-registry-net",
+                                            labels=labels.managed_labels("test-network"))
+    try:
+        with Registry(engine_client).with_hostnames(["net.harness.invalid"]).with_network(network.name) as registry:
+            network.reload()
+            attached = {entry["Name"]: entry["IPv4Address"].split("/")[0]
+                        for entry in network.attrs["Containers"].values()}
+
+            assert attached == {registry.name: registry.ip}
+            assert _get_v2(registry, (registry.username, registry.password)) == 200
+    finally:
+        network.remove()
+
+
+@pytest.mark.registry
 def test_registry_failed_start_leaves_nothing(engine_client):
     # busybox's shell exits at once without a terminal, so /v2/ never responds.
     registry = Registry(engine_client, image=BUSYBOX_IMAGE).with_hostnames(["broken.harness.invalid"])

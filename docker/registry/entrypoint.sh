@@ -10,7 +10,7 @@ dir=/etc/docker/registry
 tenths=0
 while [ ! -f "$dir/config.complete" ]; do
     if [ "$tenths" -ge 600 ]; then
-        echo "registry-entrypoint: $dir/config.complete did not appear within 60 s" >&2
+        echo "registry-entrypoint: timed out after 60 s waiting for $dir/config.complete" >&2
         exit 64
     fi
     sleep 0.1
@@ -23,7 +23,7 @@ if [ -f "$dir/credentials" ]; then
     # read fails at a last line without newline, so its status is not checked.
     IFS=: read -r user password < "$dir/credentials" || true
     if [ -z "${user:-}" ] || [ -z "${password:-}" ]; then
-        echo "registry-entrypoint: $dir/credentials is not USER:PASSWORD" >&2
+        echo "registry-entrypoint: invalid $dir/credentials: expected USER:PASSWORD" >&2
         exit 64
     fi
     printf '%s\n' "$password" | htpasswd -niB "$user" > "$dir/htpasswd"
