@@ -18,6 +18,8 @@ import logging
 import tarfile
 from dataclasses import asdict, dataclass, field
 
+import docker.errors
+
 log = logging.getLogger(__name__)
 
 HOST = "host"
@@ -144,8 +146,6 @@ def _list_in_container(container, path: str) -> list[str] | None:
     Reads through the archive endpoint, which works on stopped containers too (a build container
     is stopped between its stages and when the runner is about to remove it).
     """
-    import docker.errors
-
     try:
         stream, _ = container.get_archive(path)
     except docker.errors.NotFound:
@@ -372,3 +372,44 @@ class PathQuery(_Query):
                     and appearance.state not in ("", "(empty)"):
                 self._fail(f"was expected without files on {appearance.daemon}")
         return self
+
+
+class PlacementObserver:
+    """Executor hooks that read what a job's containers hold right before the runner removes them.
+
+    For each service: its daemon as ``dind:<job>`` when ``docker`` answers inside it, and the
+    watched paths in its filesystem as ``service:<job>``. For the build container: the watched
+    paths as ``job:<job>``. A job with several services gets ``:<alias>`` appended per service.
+    """
+
+    def __init__(self, watch_paths: tuple[str, ...] = ()) -> None:
+        self.watch_paths = tuple(watch_paths)
+        self.snapshots: list[Snapshot] = []
+
+    def job_started(self, context) -> None:
+        """Nothing to read yet: the host baseline is taken by the harness outside the runner."""
+
+    def services_ready(self, context, services) -> None:
+        """Nothing to read yet: daemons are read once the job's scripts have run."""
+
+    def before_cleanup(self, context, services, build_container: str | None) -> None:
+        """Read every service's daemon and filesystem, and the build container's filesystem."""
+        job = context.payload["job_info"]["name"]
+        for service in services:
+            if not service.container_id:
+                continue
+            suffix = f":{service.aliases[0]}" if len(services) > 1 and service.aliases else ""
+            self._read_service(context.client, service, f"{job}{suffix}")
+        if build_container and self.watch_paths:
+            self.snapshots.append(snapshot_container_paths(
+                context.client, build_container, f"job:{job}", "before removal", self.watch_paths))
+
+    def _read_service(self, client, service, name: str) -> None:
+        try:
+            self.snapshots.append(snapshot_dind(client, service.container_id, f"dind:{name}", "before removal"))
+        except (RuntimeError, docker.errors.APIError) as error:
+            # A service that is not a dind daemon, or a daemon that died, is normal here.
+            log.debug("service %s has no readable daemon: %s", service.container_name, error)
+        if self.watch_paths:
+            self.snapshots.append(snapshot_container_paths(
+                client, service.container_id, f"service:{name}", "before removal", self.watch_paths))

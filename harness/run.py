@@ -121,7 +121,7 @@ def _check_images(client, pipeline_path: Path, config_path: Path, pipeline, conf
     """Raise InputError for the first image named by the pipeline or config that is not local."""
     wanted = [(config_path, "runners[0].docker.image", config.docker.image)]
     for job in pipeline.jobs:
-        wanted.append((pipeline_path, f"{job.name}.image", job.image))
+        wanted.append((pipeline_path, f"{job.name}.image", job.image_name))
         wanted += [(pipeline_path, f"{job.name}.services[{i}]", name) for i, name in enumerate(job.service_images)]
 
     for path, key, image in wanted:
@@ -200,7 +200,7 @@ class _Session:
         wired = config.with_wiring(extra_hosts=list(wiring.extra_hosts), volumes=list(wiring.volumes))
         config_toml = render_toml(wired.to_dict())
         runner_class = InProcessRunner if self.options.in_process else RunnerContainer
-        runner = runner_class(self.client, config_toml, project.repo_dir).start()
+        runner = runner_class(self.client, config_toml, project.repo_dir, self.scenario.watch_paths).start()
         self.stack.callback(runner.close)
         return runner
 

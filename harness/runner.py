@@ -15,9 +15,7 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -87,9 +85,10 @@ class RunnerContainer:
     """
 
     def __init__(self, client: docker.DockerClient, config_toml: str, sources: Path,
-                 image: str = RUNNER_IMAGE) -> None:
+                 watch_paths: tuple[str, ...] = (), image: str = RUNNER_IMAGE) -> None:
         self.client = client
         self.image = image
+        self.watch_paths = tuple(watch_paths)
         self.sources = sources
         self.work_dir = Path(tempfile.mkdtemp(prefix="harness-runner-"))
         (self.work_dir / "config.toml").write_text(config_toml)
@@ -119,6 +118,8 @@ class RunnerContainer:
         command = ["python3", "-m", "harness.executor", "--config", f"{WORK_MOUNT}/config.toml",
                    "--job", f"{WORK_MOUNT}/job-{job_id}.json", "--sources", "/var/lib/harness-sources",
                    "--result", f"{WORK_MOUNT}/result-{job_id}.json"]
+        for path in self.watch_paths:
+            command += ["--watch", path]
         execution = self.client.api.exec_create(self.container.id, command)
         for chunk in self.client.api.exec_start(execution["Id"], stream=True):
             on_trace(chunk.decode(errors="replace"))
@@ -145,9 +146,11 @@ class RunnerContainer:
 class InProcessRunner:
     """Runs the executor inside this Python process, against the same engine (for debugging)."""
 
-    def __init__(self, client: docker.DockerClient, config_toml: str, sources: Path) -> None:
+    def __init__(self, client: docker.DockerClient, config_toml: str, sources: Path,
+                 watch_paths: tuple[str, ...] = ()) -> None:
         self.client = client
         self.sources = sources
+        self.watch_paths = tuple(watch_paths)
         self.work_dir = Path(tempfile.mkdtemp(prefix="harness-runner-"))
         self.config_path = self.work_dir / "config.toml"
         self.config_path.write_text(config_toml)
@@ -160,7 +163,8 @@ class InProcessRunner:
         """Run one job in this process; return the same result dictionary the container writes."""
         from harness.executor.__main__ import run_payload
 
-        return run_payload(self.client, self.config_path, payload, self.sources, _TraceWriter(on_trace))
+        return run_payload(self.client, self.config_path, payload, self.sources, _TraceWriter(on_trace),
+                           watch_paths=self.watch_paths)
 
     def close(self) -> None:
         """Remove the temporary work directory."""
