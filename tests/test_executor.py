@@ -257,7 +257,7 @@ def test_per_build_network_resolves_alias(client, project, job):
     job_id, token = job
     payload = make_payload(job_id, sha, ["wget -q -O - http://web/", "echo network=$CI_BUILD_NETWORK_NAME"],
                            services=[{"name": "httpd:latest", "alias": "web"}], variables=[("GIT_STRATEGY", "none")])
-    config = make_config(token)
+    config = make_config(token, network_mtu=1400)
     config["runners"][0]["feature_flags"] = {"FF_NETWORK_PER_BUILD": True}
     recorder = Recorder(client)
 
@@ -269,6 +269,7 @@ def test_per_build_network_resolves_alias(client, project, job):
     assert f"network={network}" in result.trace
     assert result.networks[0]["name"] == network
     assert recorder.network["Labels"][f"{RUNNER_LABEL}.job.id"] == str(job_id)
+    assert recorder.network["Options"]["com.docker.network.driver.mtu"] == "1400"
     build = recorder.container("build")
     assert set(build["NetworkSettings"]["Networks"][network]["Aliases"]) >= {"build", f"{result.container_prefix}-build"}
     service = recorder.container("service")
@@ -330,10 +331,13 @@ def test_cli_in_runner_container(client, project, job, tmp_path):
     """``python3 -m harness.executor`` under Debian's Python and python3-docker 5.0.3."""
     directory, sha = project
     job_id, token = job
-    (tmp_path / "job.json").write_text(json.dumps(make_payload(job_id, sha, ["cat README", "echo $MY_SECRET"])))
+    payload = make_payload(job_id, sha, ["cat README", "echo $MY_SECRET", "wget -q -O - http://web/"],
+                           services=[{"name": "httpd:latest", "alias": "web"}])
+    (tmp_path / "job.json").write_text(json.dumps(payload))
     (tmp_path / "config.toml").write_text(
         f'[[runners]]\nname = "cli"\ntoken = "{token}"\nexecutor = "docker"\n'
-        '[runners.docker]\npull_policy = ["if-not-present"]\n')
+        '[runners.docker]\npull_policy = ["if-not-present"]\nvolumes = ["/cache"]\n'
+        '[runners.feature_flags]\nFF_NETWORK_PER_BUILD = true\n')
     volumes = {
         "/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"},
         str(REPOSITORY / "harness"): {"bind": "/opt/harness/harness", "mode": "ro"},
@@ -355,8 +359,57 @@ def test_cli_in_runner_container(client, project, job, tmp_path):
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["status"] == "success"
     assert "harness executor test project" in output
+    assert "It works!" in output
+    assert result["networks"][0]["name"] == naming.network_name(naming.short_token(token), 42, 0, job_id)
     assert SECRET not in output
     assert "Job succeeded" in output
     build = next(container for container in result["containers"] if container["type"] == "build")
     with pytest.raises(docker.errors.NotFound):
         client.api.inspect_container(build["id"])
+
+
+def test_cache_dir_makes_host_bind(client, project, job, tmp_path):
+    directory, sha = project
+    job_id, token = job
+    payload = make_payload(job_id, sha, ["echo cached > /cache/marker"], variables=[("GIT_STRATEGY", "none")])
+    config = make_config(token, volumes=["/cache"], cache_dir=str(tmp_path))
+
+    result = run_job(client, config, payload, None)
+
+    assert result.status == "success", result.trace
+    reusable = naming.project_real_unique_name(token, "s_000000000000", 42, 0)
+    marker = tmp_path / reusable / naming.path_hash("/cache") / "marker"
+    assert marker.read_text() == "cached\n"
+    assert [volume["destination"] for volume in result.volumes] == ["/builds"]
+    assert_job_resources_gone(client, result)
+    subprocess.run(["rm", "-rf", str(tmp_path / reusable)], check=True)
+
+
+def test_duplicate_volume_destination_fails(client, project, job, tmp_path):
+    directory, sha = project
+    job_id, token = job
+    payload = make_payload(job_id, sha, ["true"], variables=[("GIT_STRATEGY", "none")])
+    config = make_config(token, volumes=[f"{tmp_path}:/data", "/data"])
+
+    result = run_job(client, config, payload, None)
+
+    assert result.status == "failed"
+    assert result.failure_reason == "runner_system_failure"
+    assert 'volume for container path "/data" is already defined' in result.trace
+    assert result.containers == []
+
+
+def test_job_timeout_kills_script(client, project, job):
+    directory, sha = project
+    job_id, token = job
+    payload = make_payload(job_id, sha, ["echo started", "sleep 60", "echo never-printed"],
+                           variables=[("GIT_STRATEGY", "none")])
+    payload["runner_info"]["timeout"] = 5
+
+    result = run_job(client, make_config(token), payload, None)
+
+    assert result.status == "failed"
+    assert result.failure_reason == "job_execution_timeout"
+    assert result.timings["step_script"] < 30
+    assert "ERROR: Job failed: execution took longer than 5 seconds" in result.trace
+    assert_job_resources_gone(client, result)

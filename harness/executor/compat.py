@@ -54,6 +54,6 @@ class RunnerCompat:
     def check_supported(self) -> None:
         """Raise NotImplementedError for a behaviour the executor cannot reproduce yet."""
         if self.container_per_stage:
-            # NOTE: runners before 16.0 created a fresh build or predefined container per stage;
-            # the executor only reuses one container of each kind, as 16.0 and later do.
+            # NOTE: runners before 16.0 created a fresh build or predefined container per stage.
+            # The executor only reuses one container of each kind, as 16.0 and later do.
             raise NotImplementedError("container_per_stage (GitLab Runner < 16.0) is not implemented")

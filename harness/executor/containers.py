@@ -33,7 +33,7 @@ class StageTimeout(Exception):
 
 @dataclasses.dataclass
 class ContainerSpec:
-    """What differs between the build and the predefined container; the rest comes from the job."""
+    """Creation settings of a build or predefined container."""
 
     kind: str
     name: str
@@ -131,7 +131,7 @@ def run_stage(client, container_id: str, script: str, trace: Trace, timeout: flo
     """Run ``script`` in a created or stopped container and return the container's exit code.
 
     Attaches to standard input and output, starts the container, sends the script, half-closes
-    the connection so the shell sees end of input, and streams the output into ``trace``.
+    the connection so the shell reads end of input, and streams the output into ``trace``.
 
     Raises:
         StageTimeout: the stage did not finish within ``timeout`` seconds; the container was killed.

@@ -10,7 +10,7 @@ FAILED = "failed"
 
 @dataclasses.dataclass
 class JobResult:
-    """What one job did and left behind.
+    """Outcome of one job and the resources it created.
 
     Attributes:
         status: ``success`` or ``failed``.

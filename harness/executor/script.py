@@ -56,7 +56,7 @@ def echo_command(command: str) -> str:
 def export_lines(variables: Iterable[tuple[str, str, bool]], temp_dir: str) -> list[str]:
     """Return ``export`` lines for ``(key, value, is_file)`` triples.
 
-    A file variable is written to ``<temp_dir>/<key>`` and the variable holds that path, as the
+    A file variable is written to ``<temp_dir>/<key>`` and the variable contains that path, as the
     runner does for ``file: true`` variables.
     """
     lines: list[str] = []

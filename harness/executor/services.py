@@ -134,6 +134,7 @@ class ServiceManager:
         Containers are appended to ``services`` as soon as they exist, so cleanup removes them
         even when a later service fails.
         """
+        # NOTE: CI_DEBUG_SERVICES (streaming service logs into the trace) is not implemented.
         for index, definition, aliases in assign_aliases(definitions, self._trace):
             info = self._create(index, definition, aliases, variables, binds)
             self._start(info)

@@ -58,7 +58,7 @@ class ExecutorSettings:
     enable_ipv6: bool = False
     disable_cache: bool = False
     docker_cache_dir: str = ""
-    # NOTE: GitLab Runner defaults to "always"; an empty tuple here means "if-not-present",
+    # NOTE: GitLab Runner defaults to "always". An empty tuple here means "if-not-present",
     # because the harness is offline and "always" could only pull from a loopback registry.
     pull_policy: tuple[str, ...] = ()
     wait_for_services_timeout: int = 0

@@ -19,7 +19,7 @@ HELPER_COMMAND = ["gitlab-runner-build"]
 
 
 def container_environment(variables: JobVariables, temp_dir: str) -> list[str]:
-    """Return ``KEY=value`` for every variable; a file variable holds its file's path."""
+    """Return ``KEY=value`` for every variable; a file variable contains its file's path."""
     environment = []
     for variable in variables.effective():
         value = f"{temp_dir}/{variable.key}" if variable.file else variable.value
@@ -56,7 +56,7 @@ class JobContainers:
 
     @property
     def temp_dir(self) -> str:
-        """The project's ``.tmp`` directory that holds file variables."""
+        """The project's ``.tmp`` directory that contains file variables."""
         return self._context.project_dir + ".tmp"
 
     def _spec(self, kind: str, image: str, command: list[str], entrypoint, privileged: bool) -> containers.ContainerSpec:

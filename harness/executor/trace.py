@@ -33,7 +33,7 @@ class Trace:
         self._lock = threading.Lock()
 
     def write(self, text: str) -> None:
-        """Append raw output (container logs, script output); masked before anyone sees it."""
+        """Append raw output (container logs, script output), masking secrets line by line."""
         with self._lock:
             self._pending += text
             complete, newline, rest = self._pending.rpartition("\n")
