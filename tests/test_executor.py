@@ -266,6 +266,7 @@ def test_per_build_network_resolves_alias(client, project, job):
     network = naming.network_name(naming.short_token(token), 42, 0, job_id)
     assert result.status == "success", result.trace
     assert "It works!" in result.trace
+    assert "probably didn't start properly" not in result.trace
     assert f"network={network}" in result.trace
     assert result.networks[0]["name"] == network
     assert recorder.network["Labels"][f"{RUNNER_LABEL}.job.id"] == str(job_id)
@@ -289,6 +290,7 @@ def test_legacy_links_on_default_bridge(client, project, job):
 
     assert result.status == "success", result.trace
     assert "It works!" in result.trace
+    assert "probably didn't start properly" not in result.trace
     assert f"link={result.services[0]['ip']}" in result.trace
     assert recorder.container("build")["HostConfig"]["Links"]
 
