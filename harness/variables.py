@@ -45,12 +45,12 @@ class Variable:
 
     @classmethod
     def from_payload(cls, data: Mapping[str, Any]) -> Variable:
-        """Build a variable from a payload object; missing flags take GitLab's defaults."""
+        """Build a variable from a payload object; a missing flag is false, as the runner reads it."""
         return cls(
             key=str(data["key"]),
             value=str(data.get("value", "")),
             masked=bool(data.get("masked", False)),
-            public=bool(data.get("public", True)),
+            public=bool(data.get("public", False)),
             file=bool(data.get("file", False)),
             raw=bool(data.get("raw", False)),
         )

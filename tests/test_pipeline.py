@@ -974,4 +974,5 @@ def test_variable_payload_round_trip() -> None:
     variable = Variable("K", "v", masked=True, public=False, file=True, raw=True)
 
     assert Variable.from_payload(variable.to_payload()) == variable
-    assert Variable.from_payload({"key": "K", "value": "v"}) == Variable("K", "v", public=True)
+    # The runner reads a missing flag as false (Go zero value), so services would not get it.
+    assert Variable.from_payload({"key": "K", "value": "v"}) == Variable("K", "v", public=False)

@@ -17,21 +17,29 @@ import docker
 from harness.errors import HarnessError, InputError
 from harness.executor.compat import RunnerCompat
 from harness.executor.executor import DockerExecutor
+from harness.placement import PlacementObserver
 from harness.runner_config import load_runner_config
 
 log = logging.getLogger(__name__)
 
 
 def run_payload(client, config_path: Path, payload: dict, sources: Path | None, trace: TextIO,
-                runner: str | None = None, compat: RunnerCompat | None = None) -> dict:
+                runner: str | None = None, compat: RunnerCompat | None = None,
+                watch_paths: tuple[str, ...] = ()) -> dict:
     """Run ``payload`` with the runner config at ``config_path``; return ``JobResult.to_dict()``.
+
+    The result also carries ``snapshots``: each dind service's daemon and the ``watch_paths`` in
+    the service and build containers, read right before cleanup (see ``PlacementObserver``).
 
     Raises:
         InputError: the config file is invalid or has no runner called ``runner``.
     """
     config = load_runner_config(Path(config_path), runner)
-    executor = DockerExecutor(client, config, compat=compat)
-    return executor.run(payload, sources, trace).to_dict()
+    observer = PlacementObserver(tuple(watch_paths))
+    executor = DockerExecutor(client, config, compat=compat, observer=observer)
+    result = executor.run(payload, sources, trace).to_dict()
+    result["snapshots"] = [snapshot.to_dict() for snapshot in observer.snapshots]
+    return result
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -43,6 +51,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sources", type=Path, help="git work tree or bare repository of the project")
     parser.add_argument("--result", required=True, type=Path, help="file to write the result JSON to")
     parser.add_argument("--runner-version", help="GitLab Runner version to behave like (default: current)")
+    parser.add_argument("--watch", action="append", default=[], metavar="PATH",
+                        help="directory to list in service and build containers before cleanup (repeatable)")
     return parser.parse_args(argv)
 
 
@@ -60,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     compat = RunnerCompat.for_version(arguments.runner_version) if arguments.runner_version else None
     try:
         result = run_payload(docker.from_env(), arguments.config, payload, arguments.sources, sys.stdout,
-                             arguments.runner, compat)
+                             arguments.runner, compat, tuple(arguments.watch))
     except HarnessError as error:
         print(f"ERROR: {error}", file=sys.stderr)
         return error.exit_code
