@@ -15,6 +15,7 @@ from pathlib import Path
 
 from harness.errors import InputError
 
+# NOTE: recipes are read from the source checkout; an installed wheel does not ship docker/.
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CATALOG = REPO_ROOT / "docker" / "images.toml"
 ROOTFS_SCRIPT = "build-rootfs.sh"
@@ -41,10 +42,12 @@ class Recipe:
 
     @property
     def uses_debootstrap(self) -> bool:
+        """True when the image is imported from a debootstrap root filesystem, not built from a Dockerfile."""
         return "debootstrap" in self.sources
 
     @property
     def recipe_file(self) -> Path:
+        """The Dockerfile, or the root filesystem script of a debootstrap recipe."""
         return self.directory / (ROOTFS_SCRIPT if self.uses_debootstrap else "Dockerfile")
 
 
@@ -55,6 +58,7 @@ def normalize_tag(reference: str) -> str:
 
 
 def split_tag(reference: str) -> tuple[str, str]:
+    """Split ``reference`` into repository and tag, as ``docker tag`` takes them."""
     repository, _, tag = normalize_tag(reference).rpartition(":")
     return repository, tag
 
@@ -162,7 +166,7 @@ def _hash_tree(digest, path: Path, prefix: str) -> None:
         if file.is_symlink():
             digest.update(f"link {name} {os.readlink(file)}\n".encode())
             continue
-        executable = os.access(file, os.X_OK)
+        executable = bool(file.stat().st_mode & 0o111)
         digest.update(f"file {name} {executable} {file.stat().st_size}\n".encode())
         digest.update(file.read_bytes())
 

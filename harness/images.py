@@ -52,7 +52,11 @@ _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 @dataclass
 class ImageResult:
-    """What ``ensure_images`` did for one recipe: built, tagged, up to date, skipped or pulled."""
+    """Outcome of ``ensure_images`` for one recipe.
+
+    ``action`` is one of: built, tagged (an image with the current hash got its missing tags),
+    up to date, upstream (a real upstream image is kept), skipped, pulled.
+    """
 
     recipe: str
     tags: tuple[str, ...]
@@ -95,7 +99,7 @@ class ImageRow:
 
 
 def recipe_hashes(client: docker.DockerClient, catalog: dict[str, Recipe]) -> dict[str, str]:
-    """Return the current recipe hash of every recipe; reads image ids of external ``from`` images."""
+    """Compute the current hash of every recipe; external ``from`` images enter it by image id."""
     hashes: dict[str, str] = {}
     for recipe in build_order(catalog, catalog.values()):
         digest = hashlib.sha256(content_hash(recipe).encode())
@@ -178,24 +182,35 @@ def ensure_images(client: docker.DockerClient, names: Iterable[str] | None = Non
     return report
 
 
+def _skip_reason(recipe: Recipe, catalog: dict[str, Recipe], skipped: set[str]) -> str | None:
+    """Return why ``recipe`` cannot be built now, or None when it can."""
+    missing_dependencies = [name for name in dependencies(recipe, catalog) if name in skipped]
+    if missing_dependencies:
+        return f"it needs the skipped recipes {', '.join(missing_dependencies)}"
+    if not recipe.recipe_file.is_file():
+        if not recipe.optional:
+            raise ImageError(f"recipe {recipe.name}: {recipe.recipe_file} is missing; restore it from git")
+        return f"{recipe.recipe_file} is missing"
+    return None
+
+
 def _ensure_recipe(client: docker.DockerClient, recipe: Recipe, recipe_hash: str,
                    catalog: dict[str, Recipe], skipped: set[str]) -> ImageResult:
-    missing_dependencies = [name for name in dependencies(recipe, catalog) if name in skipped]
-    if not recipe.recipe_file.is_file() or missing_dependencies:
-        if not recipe.optional and not missing_dependencies:
-            raise ImageError(f"recipe {recipe.name}: {recipe.recipe_file} is missing")
-        log.warning("skipping %s: %s", recipe.name,
-                    f"{recipe.recipe_file} is missing" if not missing_dependencies
-                    else f"it needs the skipped recipes {', '.join(missing_dependencies)}")
+    """Build or tag the images of ``recipe`` unless every tag already carries ``recipe_hash``."""
+    reason = _skip_reason(recipe, catalog, skipped)
+    if reason:
+        log.warning("skipping %s: %s", recipe.name, reason)
         return ImageResult(recipe.name, recipe.tags, "skipped")
 
     infos = {tag: _inspect(client, tag) for tag in recipe.tags}
-    upstream = [tag for tag, info in infos.items() if info and labels.STAND_IN not in _labels_of(info)]
+    upstream = [tag for tag, info in infos.items()
+                if info and not tag.startswith(INTERNAL_PREFIX) and labels.STAND_IN not in _labels_of(info)]
     if upstream:
-        # A real upstream image (pulled with --pull, or loaded by hand) is never replaced.
+        # A real upstream image, pulled with --pull or loaded by hand, is kept instead of the stand-in.
         log.info("keeping the upstream image %s; remove it to build the stand-in", ", ".join(upstream))
         info = infos[upstream[0]]
         return ImageResult(recipe.name, recipe.tags, "upstream", 0.0, info["Id"], info["Size"])
+
     fresh = [tag for tag, info in infos.items() if _labels_of(info).get(labels.RECIPE_HASH) == recipe_hash]
     if len(fresh) == len(recipe.tags):
         log.debug("%s is up to date (%s)", recipe.name, recipe_hash[:12])
@@ -206,16 +221,29 @@ def _ensure_recipe(client: docker.DockerClient, recipe: Recipe, recipe_hash: str
     if fresh:
         action, image_id = "tagged", infos[fresh[0]]["Id"]
     else:
-        stale = "missing" if not any(infos.values()) else "recipe changed"
-        log.info("building %s (%s) from %s: %s", recipe.name, ", ".join(recipe.tags), recipe.directory, stale)
+        state = "recipe changed" if any(infos.values()) else "missing"
+        log.info("building %s (%s) from %s: %s", recipe.name, ", ".join(recipe.tags), recipe.directory, state)
         action, image_id = "built", _build(client, recipe, recipe_hash)
     for tag in recipe.tags:
         client.api.tag(image_id, *split_tag(tag))
+    _remove_replaced(client, {info["Id"] for info in infos.values() if info} - {image_id})
 
     seconds = time.monotonic() - started
     size = client.api.inspect_image(image_id)["Size"]
     log.info("%s %s in %.1f s, %s", action, ", ".join(recipe.tags), seconds, format_size(size))
     return ImageResult(recipe.name, recipe.tags, action, seconds, image_id, size)
+
+
+def _remove_replaced(client: docker.DockerClient, image_ids: set[str]) -> None:
+    """Remove stale images that lost their last tag, unless containers or child images still use them."""
+    for image_id in image_ids:
+        try:
+            if client.api.inspect_image(image_id)["RepoTags"]:
+                continue
+            client.api.remove_image(image_id)
+            log.debug("removed replaced image %s", image_id)
+        except docker.errors.APIError as error:
+            log.debug("kept replaced image %s: %s", image_id, error.explanation or error)
 
 
 def _image_labels(recipe: Recipe, recipe_hash: str) -> dict[str, str]:
@@ -348,7 +376,9 @@ def format_size(size: int | None) -> str:
 def render_image_table(rows: list[ImageRow]) -> str:
     """Format ``rows`` as an aligned text table with a header line."""
     def word(value: bool | None) -> str:
-        return "-" if value is None else ("yes" if value else "no")
+        if value is None:
+            return "-"
+        return "yes" if value else "no"
 
     table = [("TAG", "RECIPE", "PRESENT", "STAND-IN", "RECIPE CHANGED", "SIZE")]
     for row in rows:

@@ -18,8 +18,9 @@ add_san() {
     esac
 }
 
-# Sets $sans to every name and address this container answers to, plus DOCKER_TLS_SAN entries
-# (comma or space separated; bare entries become IP: when they look like an address, else DNS:).
+# Sets $sans to every name and address of this container, plus the DOCKER_TLS_SAN entries.
+# Those are separated by commas or spaces. A bare entry becomes IP: when it looks like an address,
+# else DNS:.
 collect_server_sans() {
     sans="DNS:docker"
     add_san DNS:localhost
@@ -111,8 +112,8 @@ choose_iptables() {
     log "iptables backend: $backend"
 }
 
-# Succeeds when the capability bounding set lacks capabilities the kernel knows. runc then fails
-# on privileged containers, which ask for every capability.
+# Succeeds when the capability bounding set lacks capabilities up to the kernel's cap_last_cap.
+# runc then fails on privileged containers, because they request every capability.
 bounding_set_incomplete() {
     last=$(cat /proc/sys/kernel/cap_last_cap)
     full=$(( (1 << (last + 1)) - 1 ))
@@ -136,7 +137,9 @@ if [ "$#" -eq 0 ] || [ "${1#-}" != "$1" ]; then
             --tlskey="$certdir/server/key.pem" "$@"
     else
         log "DOCKER_TLS_CERTDIR is empty: listening on tcp://0.0.0.0:2375 without TLS"
-        set -- dockerd --host="$socket" --host=tcp://0.0.0.0:2375 "$@"
+        # Debian's dockerd 20.10.24 delays its start by 15 s on a TCP socket without TLS unless
+        # --tls=false states the intent; the imitated images start without that delay.
+        set -- dockerd --host="$socket" --host=tcp://0.0.0.0:2375 --tls=false "$@"
     fi
 fi
 

@@ -1,7 +1,7 @@
 #!/bin/sh
-# Entrypoint of the docker CLI stand-ins. Like the official docker image it passes its command
-# through (a leading flag or docker subcommand goes to the docker CLI) and, when DOCKER_HOST is
-# unset and no socket is mounted, points the CLI at a daemon reachable under the name "docker".
+# Entrypoint of the docker CLI stand-ins. Like the official docker image, it runs its command as
+# given, except that a leading flag or docker subcommand goes to the docker CLI. When DOCKER_HOST
+# is unset and no socket is mounted, it points the CLI at a daemon under the name "docker".
 set -eu
 
 if [ "$#" -gt 0 ]; then
