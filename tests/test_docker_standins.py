@@ -218,6 +218,36 @@ def test_dind_tls_certificates(tls_dind):
     assert mode.decode().strip() == "644"
 
 
+def test_dind_keeps_supplied_server_certs(client, resources, tls_dind):
+    # Server certificates without the CA key are only verified, never re-issued.
+    source, _, client_certs = tls_dind
+    server_files = b"".join(source.get_archive("/certs/server")[0])
+    supplied = resources.volume("supplied-certs")
+    network = resources.network("supplied-dind")
+    endpoint = client.api.create_endpoint_config(aliases=["docker"])
+    container = client.containers.create(
+        "docker:dind", name=resources.name("supplied-dind"), privileged=True, labels=labels.managed_labels("test"),
+        volumes={supplied.name: {"bind": "/certs", "mode": "rw"}}, network=network.name,
+        networking_config={network.name: endpoint})
+    resources.containers.append(container)
+    assert container.put_archive("/certs", server_files)
+
+    container.start()
+    wait_for_daemon(container)
+    code, output = resources.run("docker:cli", ["docker", "version", "--format", "{{.Server.Version}}"],
+                                 network=network.name,
+                                 volumes={client_certs.name: {"bind": "/certs/client", "mode": "ro"}})
+    _, original = source.exec_run(["cat", "/certs/server/cert.pem"])
+    _, kept = container.exec_run(["cat", "/certs/server/cert.pem"])
+    ca_key_code, _ = container.exec_run(["test", "-e", "/certs/ca/key.pem"])
+
+    assert code == 0, output
+    assert output.startswith("20.10."), output
+    assert kept == original
+    assert ca_key_code != 0
+    assert "only verified" in container.logs().decode()
+
+
 def test_dind_registers_wrapper_only_when_caps_missing(plain_dind):
     container, _ = plain_dind
     _, status = container.exec_run(["sed", "-n", "s/^CapBnd:[[:space:]]*//p", "/proc/self/status"])
