@@ -83,10 +83,21 @@ def clean(client: docker.DockerClient, session: str | None = None, dead_only: bo
             if not dry_run:
                 _ignore_missing(volume.remove, force=True)
 
+    if not dry_run:
+        _remove_host_trust(found)
     if found.count():
         log.info("%s %d containers, %d networks, %d volumes", "found" if dry_run else "removed",
                  len(found.containers), len(found.networks), len(found.volumes))
     return found
+
+
+def _remove_host_trust(found: Leftovers) -> None:
+    """Remove the /etc/hosts blocks and certs.d entries of every session whose resources were removed."""
+    from harness.registry_trust import remove_session_host_trust
+
+    sessions = {session for rows in (found.containers, found.networks, found.volumes) for _, session in rows if session}
+    for session in sessions:
+        remove_session_host_trust(session)
 
 
 def _ignore_missing(remove, **kwargs) -> None:

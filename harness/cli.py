@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
+from harness import labels
 from harness.errors import HarnessError
 
 log = logging.getLogger(__name__)
@@ -177,14 +179,31 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     logging.getLogger("docker").setLevel(logging.WARNING)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return args.handler(args)
     except HarnessError as error:
         print(f"harness: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
-        print("harness: interrupted", file=sys.stderr)
+        print("harness: interrupted; what this run created has been removed", file=sys.stderr)
         return 130
+    finally:
+        _remove_session_leftovers()
+
+
+def _interrupt(signum, frame) -> None:
+    """Turn SIGTERM into KeyboardInterrupt, so every ExitStack unwinds as it does on Ctrl-C."""
+    raise KeyboardInterrupt
+
+
+def _remove_session_leftovers() -> None:
+    """Remove what this process's session still has on the engine (cache volumes, for example)."""
+    from harness import cleanup, engine
+
+    client = engine.connect()
+    if client is not None:
+        cleanup.clean(client, session=labels.session_id())
 
 
 if __name__ == "__main__":

@@ -60,11 +60,31 @@ class Snapshot:
         return cls(**{**data, "containers": containers})
 
 
+# Harness containers that are infrastructure, not something a job put on the daemon.
+INFRASTRUCTURE_TYPES = {"registry", "mirror", "runner", "probe"}
+
+
+def _belongs_to_others(resource_labels: dict | None) -> bool:
+    """Return whether a labelled resource is another session's, or this session's infrastructure.
+
+    Placement reports what jobs left on a daemon; a parallel session's containers or the
+    harness's own registry would make those reports lie.
+    """
+    from harness import labels
+
+    resource_labels = resource_labels or {}
+    if resource_labels.get(labels.MANAGED) != "true":
+        return False
+    return (resource_labels.get(labels.SESSION) != labels.session_id()
+            or resource_labels.get(labels.TYPE) in INFRASTRUCTURE_TYPES)
+
+
 def snapshot_engine(client, daemon: str, when: str, watch_paths: tuple[str, ...] = ()) -> Snapshot:
     """Read images, containers, volumes and networks of the engine behind ``client``.
 
-    ``watch_paths`` are host paths; each is listed (file names only) when it exists on the machine
-    running this code, so it is meaningful only for the host engine read from the host.
+    Resources of other harness sessions and this session's registry and runner containers are
+    left out. ``watch_paths`` are host paths; each is listed (file names only) when it exists on
+    the machine running this code, so it is meaningful only for the host engine read from the host.
     """
     import os
 
@@ -73,12 +93,14 @@ def snapshot_engine(client, daemon: str, when: str, watch_paths: tuple[str, ...]
         snapshot.images.extend(image.tags)
     for container in client.containers.list(all=True):
         attrs = container.attrs
+        if _belongs_to_others(attrs["Config"].get("Labels")):
+            continue
         snapshot.containers.append(ContainerRecord(
             name=container.name, id=container.id[:12], image=attrs["Config"]["Image"],
             state=attrs["State"]["Status"], network_mode=attrs["HostConfig"].get("NetworkMode", ""),
             labels=dict(attrs["Config"].get("Labels") or {})))
-    snapshot.volumes = [volume.name for volume in client.volumes.list()]
-    snapshot.networks = [network.name for network in client.networks.list()]
+    snapshot.volumes = [v.name for v in client.volumes.list() if not _belongs_to_others(v.attrs.get("Labels"))]
+    snapshot.networks = [n.name for n in client.networks.list() if not _belongs_to_others(n.attrs.get("Labels"))]
     for path in watch_paths:
         if os.path.isdir(path):
             snapshot.paths[path] = sorted(os.listdir(path))

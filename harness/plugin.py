@@ -35,11 +35,16 @@ def engine_client() -> Iterator["docker.DockerClient"]:
     from harness import engine
     from harness.errors import EngineError
 
+    from harness import cleanup, labels
+
     try:
         client = engine.require_engine()
     except EngineError as error:
         pytest.fail(str(error), pytrace=False)
+
+    cleanup.clean(client, dead_only=True)
     yield client
+    cleanup.clean(client, session=labels.session_id())
     client.close()
 
 

@@ -184,7 +184,8 @@ class _Session:
         spec = self.scenario.registry
         if spec is not None:
             self.registry = self.stack.enter_context(
-                Registry(self.client).with_hostnames([spec.hostname]).with_auth())
+                Registry(self.client).with_hostnames([spec.hostname])
+                .with_auth(username=f"ci-{secrets.token_hex(4)}"))
             wiring = wiring + self.registry.wiring()
             if self.mode == "dood":
                 self.registry.install_host_trust()
@@ -249,6 +250,8 @@ class _Session:
                 _ignore_missing(lambda: self.client.containers.get(record.id).remove(force=True, v=True))
                 log.info("removed container %s that a job left on the host engine", record.name)
         for image in set(final.images) - set(baseline.images):
+            if _is_stand_in(self.client, image):
+                continue
             _ignore_missing(lambda: self.client.images.remove(image, force=True))
             log.info("removed image %s that a job built on the host engine", image)
         for path in set(final.paths) - set(baseline.paths):
@@ -264,6 +267,22 @@ def _should_run(job: CompiledJob, failed: bool) -> bool:
     if job.when == "on_failure":
         return failed
     return not failed
+
+
+def _is_stand_in(client, reference: str) -> bool:
+    """Return whether ``reference`` is a forge-built stand-in, which teardown must keep.
+
+    Images built ``FROM`` a stand-in inherit its labels, so the reference must also be one of
+    the tags the label names.
+    """
+    from harness import labels
+
+    try:
+        image_labels = client.images.get(reference).labels or {}
+    except docker.errors.ImageNotFound:
+        return False
+    tags = [placement_module.normalize_reference(tag) for tag in image_labels.get(labels.UPSTREAM, "").split(",") if tag]
+    return image_labels.get(labels.STAND_IN) == "true" and placement_module.normalize_reference(reference) in tags
 
 
 def _ignore_missing(remove) -> None:
