@@ -58,12 +58,15 @@ class Resources:
         return status["StatusCode"], container.logs().decode()
 
     def remove_all(self) -> None:
-        for container in self.containers:
-            container.remove(force=True, v=True)
-        for network in self.networks:
-            network.remove()
-        for volume in self.volumes:
-            volume.remove(force=True)
+        """Remove everything created, continuing past resources that are already gone."""
+        removals = [lambda c=c: c.remove(force=True, v=True) for c in self.containers]
+        removals += [network.remove for network in self.networks]
+        removals += [lambda v=v: v.remove(force=True) for v in self.volumes]
+        for remove in removals:
+            try:
+                remove()
+            except docker.errors.NotFound:
+                pass
 
 
 @pytest.fixture(scope="module")
@@ -389,7 +392,7 @@ def test_small_images_run_shell(resources, image):
 
 
 def test_alpine_says_it_is_a_stand_in(resources):
-    code, output = resources.run("alpine:3", ["sh", "-c", "cat /etc/alpine-release /etc/os-release; apk add curl"])
+    code, output = resources.run("alpine:3", ["sh", "-c", "cat /etc/alpine-release /etc/os-release; apk add curl 2>&1"])
 
     assert code == 1
     assert output.splitlines()[0] == "3.21.0"
