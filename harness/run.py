@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import secrets
 import shutil
 import time
@@ -30,6 +31,9 @@ from harness.scenario import Scenario
 from harness.variables import Variable, mask
 
 log = logging.getLogger(__name__)
+
+# One request in the registry's access log: ... "GET /v2/<name>/manifests/<tag> HTTP/1.1" 200 ...
+_ACCESS_LINE = re.compile(r'"(GET|HEAD|PUT|POST|PATCH|DELETE) (/v2/\S*) HTTP/[\d.]+" (\d{3})')
 
 
 @dataclass
@@ -61,6 +65,11 @@ class RunResult:
     def succeeded(self) -> bool:
         """Whether every job that ran succeeded (or was allowed to fail)."""
         return all(job.status in ("success", "skipped") for job in self.jobs)
+
+    @property
+    def registry_requests(self) -> list[str]:
+        """Return the registry's access log as ``METHOD PATH STATUS`` lines, oldest first."""
+        return [f"{m.group(1)} {m.group(2)} {m.group(3)}" for m in _ACCESS_LINE.finditer(self.registry_log)]
 
     def leaked_secrets(self) -> list[str]:
         """Return where a masked value still appears in clear text (traces, registry log); [] when none."""
@@ -169,7 +178,7 @@ class _Session:
                            placement_module.Placement(self.mode, baseline, snapshots), secrets=self.secrets)
         if self.registry is not None:
             result.registry_tags = self.registry.tags()
-            result.registry_log = mask(self.registry.logs(tail=400), self.secrets)
+            result.registry_log = mask(self.registry.logs(tail="all"), self.secrets)
         return result
 
     def _project(self) -> Project:

@@ -40,7 +40,11 @@ class TestSeedInDind:
         # TestImage gets a fresh dind daemon, so the image must come from the registry again.
         trace = dind.job("TestImage").trace
         assert "Unable to find image" in trace
-        assert f"GET /v2/{REPOSITORY}/manifests/nodedemo" in dind.registry_log
+        requests = dind.registry_requests
+        pushed = requests.index(f"PUT /v2/{REPOSITORY}/manifests/nodedemo 201")
+        # dockerd 20.10 resolves the tag with HEAD, then fetches the manifest by digest.
+        assert f"HEAD /v2/{REPOSITORY}/manifests/nodedemo 200" in requests[pushed + 1:]
+        assert any(r.startswith(f"GET /v2/{REPOSITORY}/manifests/sha256:") for r in requests[pushed + 1:])
         dind.placement.image(IMAGE).in_daemon("dind:TestImage")
 
     def test_base_image_came_from_mirror(self, dind):
