@@ -35,6 +35,11 @@ WRAPPER_NAME = "harness-runc"
 WRAPPER_PATH = Path("/usr/local/lib/dind-dood-harness/runc-capfilter")
 PROBE_IMAGE = "dind-dood-harness/probe:busybox"
 CAPS_ERROR = "unable to apply caps"
+HOSTS_FILE = Path("/etc/hosts")
+HUB_BLOCK = "# dind-dood-harness: no Docker Hub"
+# Names dockerd contacts to pull from Docker Hub; mapped to loopback so that a pull fails here.
+DOCKER_HUB_NAMES = ("registry-1.docker.io", "index.docker.io", "auth.docker.io",
+                    "production.cloudflare.docker.com", "docker.io")
 
 # Capability names by bit number, from linux/capability.h.
 CAPABILITIES = [
@@ -155,9 +160,56 @@ def install_runtime_wrapper() -> Path:
     return WRAPPER_PATH
 
 
+def offline_guard_enabled() -> bool:
+    """Return whether the harness-started engine is kept from contacting any registry off this machine.
+
+    On by default, because these machines reach no container registry and traffic to outside
+    addresses must never be attempted; ``HARNESS_ALLOW_PULLS=1`` turns it off for machines that
+    may pull real images.
+    """
+    return os.environ.get("HARNESS_ALLOW_PULLS", "") not in ("1", "true", "yes")
+
+
+def local_dns_address() -> str | None:
+    """Return this machine's first global IPv4 address, used as a DNS server that answers nothing.
+
+    Containers get it as their only name server. Nothing listens on its port 53, so a lookup of
+    an outside name (``registry-1.docker.io`` from an image pull inside dind) fails at once on
+    this machine instead of reaching the outside. Names in ``/etc/hosts`` (``extra_hosts``) and
+    container names on user-defined networks still resolve.
+    """
+    completed = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"],
+                               capture_output=True, text=True)
+    for line in completed.stdout.splitlines():
+        fields = line.split()
+        if len(fields) > 3 and not fields[1].startswith(("docker", "br-", "veth")):
+            return fields[3].split("/")[0]
+    return None
+
+
+def install_hub_block(hosts_file: Path = HOSTS_FILE) -> None:
+    """Map Docker Hub's names to 127.0.0.1 in a marked /etc/hosts line, so host-engine pulls fail here."""
+    text = hosts_file.read_text()
+    if HUB_BLOCK in text:
+        return
+    line = f"127.0.0.1 {' '.join(DOCKER_HUB_NAMES)} {HUB_BLOCK}\n"
+    hosts_file.write_text(text + ("" if text.endswith("\n") or not text else "\n") + line)
+    log.info("mapped Docker Hub's names to 127.0.0.1 in %s (HARNESS_ALLOW_PULLS=1 turns this off)", hosts_file)
+
+
+def remove_hub_block(hosts_file: Path = HOSTS_FILE) -> None:
+    """Remove the marked Docker Hub line from /etc/hosts, if present."""
+    text = hosts_file.read_text()
+    if HUB_BLOCK in text:
+        hosts_file.write_text("".join(line for line in text.splitlines(keepends=True) if HUB_BLOCK not in line))
+
+
 def _write_daemon_config(with_wrapper: bool) -> Path:
     """Write the daemon.json of the harness-started dockerd and return its path."""
     config: dict[str, object] = {"storage-driver": "overlay2"}
+    dns = local_dns_address() if offline_guard_enabled() else None
+    if dns:
+        config["dns"] = [dns]
     if with_wrapper:
         config["runtimes"] = {WRAPPER_NAME: {"path": str(install_runtime_wrapper())}}
         config["default-runtime"] = WRAPPER_NAME
@@ -205,6 +257,7 @@ def stop_dockerd(timeout: float = 30) -> bool:
     while time.monotonic() < deadline:
         if _dockerd_pid() is None:
             log.info("dockerd (pid %d) stopped", pid)
+            remove_hub_block()
             return True
         time.sleep(0.2)
 
@@ -265,7 +318,7 @@ def up() -> docker.DockerClient:
 
     probe = probe_privileged(client)
     if probe.ok:
-        return client
+        return _guarded(client)
 
     if CAPS_ERROR not in probe.reason:
         raise EngineError(f"a --privileged container fails: {probe.reason}",
@@ -284,6 +337,13 @@ def up() -> docker.DockerClient:
     if not probe.ok:
         raise EngineError(f"--privileged still fails with the runtime wrapper: {probe.reason}",
                           f"see {engine_dir() / 'dockerd.log'}")
+    return _guarded(client)
+
+
+def _guarded(client: docker.DockerClient) -> docker.DockerClient:
+    """Install the Docker Hub block for a harness-started engine when the offline guard is on."""
+    if _dockerd_pid() is not None and offline_guard_enabled():
+        install_hub_block()
     return client
 
 

@@ -264,7 +264,11 @@ def _build(client: docker.DockerClient, recipe: Recipe, recipe_hash: str) -> str
                 shutil.copy2(source, Path(context) / name)
         stream = client.api.build(path=context, tag=recipe.tags[0], buildargs=recipe.args or None,
                                   target=recipe.target, labels=_image_labels(recipe, recipe_hash),
-                                  rm=True, forcerm=True, pull=False, decode=True, timeout=None)
+                                  rm=True, forcerm=True, pull=False, decode=True, timeout=None,
+                                  # RUN steps reach Debian's mirror through the host's resolver:
+                                  # containers on a harness-started engine get a DNS server that
+                                  # answers nothing (see harness.engine).
+                                  network_mode="host")
         _follow_build(recipe, stream)
     return client.api.inspect_image(recipe.tags[0])["Id"]
 
