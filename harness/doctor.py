@@ -31,6 +31,7 @@ def run_checks() -> list[Check]:
                         "use overlay2: nested daemons on vfs are slow; see the engine's daemon.json"))
     checks.append(Check("cgroup", True, f"v{status.cgroup_version}"))
     checks.append(_privileged_check(status))
+    checks.append(_offline_check(status))
     checks.extend(_image_checks())
     checks.append(_registry_check())
     return checks
@@ -53,6 +54,15 @@ def _privileged_check(status: engine.EngineStatus) -> Check:
     reason = probe.reason if probe else "not probed"
     return Check("privileged", False, reason,
                  "run `harness engine up`, which registers the runc-capfilter runtime wrapper")
+
+
+def _offline_check(status: engine.EngineStatus) -> Check:
+    if not status.started_by_harness:
+        return Check("offline guard", True, "not applied: the engine was not started by the harness")
+    if not engine.offline_guard_enabled():
+        return Check("offline guard", True, "off (HARNESS_ALLOW_PULLS is set): pulls may leave this machine")
+    return Check("offline guard", True,
+                 "on: containers get a DNS server that answers nothing, Docker Hub maps to 127.0.0.1")
 
 
 def _image_checks() -> list[Check]:

@@ -121,8 +121,14 @@ class RunnerContainer:
         for path in self.watch_paths:
             command += ["--watch", path]
         execution = self.client.api.exec_create(self.container.id, command)
-        for chunk in self.client.api.exec_start(execution["Id"], stream=True):
-            on_trace(chunk.decode(errors="replace"))
+        # The trace is the executor's stdout; its stderr carries the executor's own log lines,
+        # which belong in the harness log, not in the job's trace.
+        for stdout, stderr in self.client.api.exec_start(execution["Id"], stream=True, demux=True):
+            if stdout:
+                on_trace(stdout.decode(errors="replace"))
+            if stderr:
+                for line in stderr.decode(errors="replace").splitlines():
+                    log.warning("executor in %s: %s", self.container.name, line)
 
         exit_code = self.client.api.exec_inspect(execution["Id"])["ExitCode"]
         result_path = self.work_dir / f"result-{job_id}.json"

@@ -121,3 +121,36 @@ def test_require_engine_names_the_fix(tmp_path, monkeypatch):
 
     with pytest.raises(engine.EngineError, match="harness engine up"):
         engine.require_engine()
+
+
+def _started_by_harness() -> bool:
+    return engine.status(probe=False).started_by_harness and engine.offline_guard_enabled()
+
+
+@pytest.mark.engine
+def test_offline_guard_stops_outside_lookups(engine_client):
+    if not _started_by_harness():
+        pytest.skip("the offline guard applies only to an engine started by `harness engine up`")
+
+    container = engine_client.containers.run(
+        "busybox:latest", ["sh", "-c", "cat /etc/resolv.conf; nslookup registry-1.docker.io; echo exit=$?"],
+        detach=True, labels=labels.managed_labels("test"))
+    try:
+        container.wait(timeout=60)
+        output = container.logs().decode()
+    finally:
+        container.remove(force=True)
+
+    assert f"nameserver {engine.local_dns_address()}" in output
+    assert "exit=0" not in output
+
+
+@pytest.mark.engine
+def test_offline_guard_fails_hub_pull_locally(engine_client):
+    if not _started_by_harness():
+        pytest.skip("the offline guard applies only to an engine started by `harness engine up`")
+
+    with pytest.raises(docker.errors.APIError) as raised:
+        engine_client.images.pull("dind-dood-harness-never-published", tag="1")
+
+    assert "127.0.0.1" in str(raised.value)
