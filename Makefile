@@ -2,6 +2,8 @@
 # fresh Debian machine as root: the Python package, the Docker engine, the stand-in images.
 PYTHON ?= python3
 PYTEST_ARGS ?=
+# The module form works before the shell has seen the new console script on PATH.
+HARNESS = $(PYTHON) -m harness.cli
 
 .PHONY: install engine images doctor test demo clean
 
@@ -9,19 +11,19 @@ install:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 
 engine: install
-	harness engine up
+	$(HARNESS) engine up
 
 images: engine
-	harness images build
+	$(HARNESS) images build
 
 doctor: images
-	harness doctor
+	$(HARNESS) doctor
 
 test: images
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 demo: images
-	harness demo
+	$(HARNESS) demo
 
 clean:
-	harness clean
+	$(HARNESS) clean

@@ -30,7 +30,8 @@ from harness.errors import EngineError, ReadinessTimeout
 
 log = logging.getLogger(__name__)
 
-DEBIAN_PACKAGES = ["docker.io", "containerd", "runc", "iptables", "jq", "debootstrap", "busybox-static"]
+DEBIAN_PACKAGES = ["docker.io", "containerd", "runc", "iptables", "jq", "debootstrap", "busybox-static",
+                   "iproute2", "git"]
 WRAPPER_NAME = "harness-runc"
 WRAPPER_PATH = Path("/usr/local/lib/dind-dood-harness/runc-capfilter")
 PROBE_IMAGE = "dind-dood-harness/probe:busybox"
@@ -131,7 +132,7 @@ def _dockerd_pid() -> int | None:
 
 def install_engine_packages() -> None:
     """Install Debian's docker.io and the tools the forge needs, unless dockerd is already there."""
-    if shutil.which("dockerd") and shutil.which("jq") and shutil.which("debootstrap"):
+    if all(shutil.which(tool) for tool in ("dockerd", "jq", "debootstrap", "ip")) and Path("/bin/busybox").exists():
         return
 
     if os.geteuid() != 0 or not Path("/etc/debian_version").exists():
