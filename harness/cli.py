@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import signal
 import sys
 
@@ -11,6 +12,9 @@ from harness import labels
 from harness.errors import HarnessError
 
 log = logging.getLogger(__name__)
+
+# GitLab's rule for CI/CD variable keys.
+_VARIABLE_KEY = re.compile(r"[A-Za-z0-9_]{1,255}")
 
 
 def _engine(args: argparse.Namespace) -> int:
@@ -38,8 +42,10 @@ def _engine_status() -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from harness import doctor
+    from harness import doctor, engine
 
+    # Without an engine no other check can run, so this is reported like any command's error.
+    engine.require_engine()
     checks = doctor.run_checks()
     print(doctor.render(checks))
     return 0 if all(check.ok for check in checks) else 1
@@ -69,15 +75,24 @@ def _clean(args: argparse.Namespace) -> int:
 
 
 def _parse_variables(pairs: list[str], masked: bool) -> list:
+    """Turn ``KEY=VALUE`` options into project variables, checked as GitLab checks its settings."""
     from harness.errors import InputError
     from harness.variables import Variable
 
+    option = "--masked-var" if masked else "--var"
     variables = []
     for pair in pairs:
         key, separator, value = pair.partition("=")
         if not separator or not key:
-            option = "--masked-var" if masked else "--var"
             raise InputError("command line", option, f"{pair!r} is not KEY=VALUE", f"write {option} KEY=VALUE")
+        if not _VARIABLE_KEY.fullmatch(key):
+            raise InputError("command line", f"{option} {key}", "invalid variable name",
+                             "use at most 255 letters, digits and '_'")
+        # GitLab rejects such values too, because masking a short or multi-line value breaks the log.
+        if masked and (len(value) < 8 or "\n" in value):
+            raise InputError("command line", f"{option} {key}",
+                             "a masked value must be a single line of at least 8 characters",
+                             "use a longer value, or pass it with --var so that it is not masked")
         variables.append(Variable(key, value, masked=masked, public=False))
     return variables
 
@@ -90,9 +105,13 @@ def _run(args: argparse.Namespace) -> int:
     options = run.RunOptions(in_process=args.debug_in_process, branch=args.branch,
                              variables=_parse_variables(args.var, False) + _parse_variables(args.masked_var, True))
     client = engine.require_engine()
+
+    # Every mode's inputs are checked first, so a mistake in the last mode is reported before the
+    # first mode has started anything.
+    inputs = {mode: run.check_inputs(client, loaded, mode, options) for mode in modes}
     failed = False
     for mode in modes:
-        result = run.run_scenario(client, loaded, mode, options)
+        result = run.run_scenario(client, loaded, mode, options, inputs=inputs[mode])
         print(_report(result, show_traces=args.show_traces))
         failed = failed or not result.succeeded
     return 1 if failed else 0

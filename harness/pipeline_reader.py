@@ -33,7 +33,9 @@ class Job:
     """A visible job after ``extends``, ``default:`` and ``inherit:`` are applied.
 
     ``allow_failure`` None means unset, so the default can depend on how ``when`` was chosen.
-    ``global_variables`` are the top-level variables this job inherits.
+    ``global_variables`` are the top-level variables this job inherits. ``image_key`` and
+    ``services_key`` are the key paths the image and services were written under, such as
+    ``build.image``, ``default.image`` or the top-level ``image``, so errors can point there.
     """
 
     name: str
@@ -52,6 +54,8 @@ class Job:
     allow_failure: bool | None = None
     allow_failure_exit_codes: tuple[int, ...] = ()
     timeout: int | None = None
+    image_key: str = ""
+    services_key: str = ""
 
     @property
     def image_name(self) -> str:
@@ -240,6 +244,7 @@ class DocumentReader(RuleReader):
                     self.fail(name, f"{name} is set both at the top level and under default:",
                               f"keep only default.{name}")
                 sources[name] = (document[name], name)
+        self.default_keys = {name: path for name, (_, path) in sources.items()}
         return {name: self._keyword(name, value, path) for name, (value, path) in sources.items()}
 
     def _keyword(self, name: str, value: Any, key: str) -> Any:
@@ -305,6 +310,8 @@ class DocumentReader(RuleReader):
             when=self._when(body.get("when", "on_success"), f"{name}.when"),
             allow_failure=allow_failure, allow_failure_exit_codes=exit_codes,
             timeout=values["timeout"],
+            image_key=f"{name}.image" if "image" in body else self.default_keys.get("image", ""),
+            services_key=f"{name}.services" if "services" in body else self.default_keys.get("services", ""),
         )
 
     def _inherit(self, name: str, raw: Any, defaults: dict[str, Any],

@@ -21,7 +21,7 @@ import docker
 
 from harness import placement as placement_module
 from harness.errors import InputError
-from harness.pipeline import CompiledJob, compile_pipeline, load_pipeline
+from harness.pipeline import CompiledJob, Pipeline, compile_pipeline, load_pipeline
 from harness.project import Project
 from harness.registry import Mirror, Registry
 from harness.registry_trust import Wiring
@@ -105,38 +105,74 @@ class RunOptions:
 
 
 def run_scenario(client: docker.DockerClient, scenario: Scenario, mode: str,
-                 options: RunOptions | None = None) -> RunResult:
+                 options: RunOptions | None = None,
+                 inputs: tuple[Pipeline, RunnerConfig] | None = None) -> RunResult:
     """Run ``scenario``'s pipeline in ``mode`` (``dind`` or ``dood``) on the engine behind ``client``.
+
+    ``inputs`` is what :func:`check_inputs` returned for this scenario, mode and options. When
+    it is None, the inputs are checked here.
 
     Raises:
         InputError: an input file is invalid or names an image that does not exist locally;
             nothing has been created on the engine then.
     """
     options = options or RunOptions()
-    if mode not in scenario.modes:
-        raise InputError(scenario.folder / "scenario.toml", f"modes.{mode}", "mode not defined",
-                         f"use one of: {', '.join(scenario.modes)}")
-    files = scenario.modes[mode]
-    pipeline = load_pipeline(files.pipeline)
-    config = load_runner_config(files.runner_config)
-    _check_images(client, files.pipeline, files.runner_config, pipeline, config)
+    pipeline, config = inputs or check_inputs(client, scenario, mode, options)
 
     with contextlib.ExitStack() as stack:
         session = _Session(client, scenario, mode, options, stack)
         return session.run(pipeline, config)
 
 
-def _check_images(client, pipeline_path: Path, config_path: Path, pipeline, config: RunnerConfig) -> None:
-    """Raise InputError for the first image named by the pipeline or config that is not local."""
-    wanted = [(config_path, "runners[0].docker.image", config.docker.image)]
-    for job in pipeline.jobs:
-        wanted.append((pipeline_path, f"{job.name}.image", job.image_name))
-        wanted += [(pipeline_path, f"{job.name}.services[{i}]", name) for i, name in enumerate(job.service_images)]
+def check_inputs(client: docker.DockerClient, scenario: Scenario, mode: str,
+                 options: RunOptions) -> tuple[Pipeline, RunnerConfig]:
+    """Read the pipeline and runner config of ``mode`` and check that every image they name is local.
 
+    Only lists images on the engine, so a caller can check several modes before running any.
+
+    Raises:
+        InputError: the mode, a file, the branch or an image is invalid. The message names the
+            file and the key (``default.image``, ``build.services[0]``, ``runners[0].docker.image``).
+    """
+    files = scenario.mode_files(mode)
+    pipeline = load_pipeline(files.pipeline)
+    config = load_runner_config(files.runner_config)
+    scenario.check_branch(options.branch)
+
+    runner_key = f"runners[{config.selected}].docker"
+    wanted = [(files.runner_config, f"{runner_key}.services[{index}].name", service.name)
+              for index, service in enumerate(config.docker.services)]
+    if config.docker.helper_image:
+        wanted.append((files.runner_config, f"{runner_key}.helper_image", config.docker.helper_image))
+    for job in pipeline.jobs:
+        if job.image_name:
+            wanted.append((files.pipeline, job.image_key, job.image_name))
+        else:
+            # GitLab Runner falls back to its default image only for jobs that name none.
+            wanted.append((files.runner_config, f"{runner_key}.image", config.docker.image))
+        wanted += [(files.pipeline, f"{job.services_key}[{index}]", name)
+                   for index, name in enumerate(job.service_images)]
+
+    checked: set[str] = set()
     for path, key, image in wanted:
-        if image and not _image_exists(client, image):
+        # The runner expands variables in image names per job, so such a name is checked then.
+        if image in checked or "$" in image:
+            continue
+        checked.add(image)
+        if not image:
+            raise InputError(path, key, "missing, and a job names no image of its own",
+                             'set image = "busybox" or give every job an image')
+        try:
+            exists = _image_exists(client, image)
+        except docker.errors.APIError as error:
+            if error.status_code != 400:
+                raise
+            raise InputError(path, key, f'invalid image reference "{image}"',
+                             "write NAME[:TAG] in lower case, such as docker:24.0") from None
+        if not exists:
             raise InputError(path, key, f'image "{image}" does not exist on the engine and cannot be pulled here',
                              "run `harness images build` or name a stand-in (`harness images list`)")
+    return pipeline, config
 
 
 def _image_exists(client, reference: str) -> bool:

@@ -31,14 +31,25 @@ lead outside are rejected.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from harness.errors import InputError
+from harness.errors import HarnessError, InputError
+from harness.project import git
 
 MODES = ("dind", "dood")
 SCENARIOS_DIR = Path(__file__).resolve().parent.parent / "scenarios"
+
+# The same rules harness.project applies, checked here so the error names the scenario.toml key.
+_PROJECT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_BRANCH_CHARACTERS = set(" ~^:?*[\\")
+# The registry hostname becomes a directory under /etc/docker/certs.d and an /etc/hosts entry,
+# so only a plain DNS name is accepted.
+_DNS_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_TOML_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
 
 _TOP_KEYS = {"name", "purpose", "project", "registry", "modes", "watch"}
 _PROJECT_KEYS = {"path", "namespace", "name", "branch"}
@@ -81,6 +92,36 @@ class Scenario:
     registry: RegistrySpec | None = None
     watch_paths: tuple[str, ...] = field(default_factory=tuple)
 
+    @property
+    def file(self) -> Path:
+        """The ``scenario.toml`` this scenario was read from."""
+        return self.folder / "scenario.toml"
+
+    def mode_files(self, mode: str) -> ModeFiles:
+        """Return the files of ``mode``, or raise InputError when the scenario does not define it."""
+        if mode not in self.modes:
+            raise InputError(self.file, f"modes.{mode}", "mode not defined",
+                             f"add a [modes.{mode}] table or run with --mode {' or '.join(self.modes)}")
+        return self.modes[mode]
+
+    def check_branch(self, branch: str | None) -> None:
+        """Raise InputError unless a pipeline for ``branch`` can be created from the project folder.
+
+        A plain project folder is committed on ``project.branch`` only, so another branch needs a
+        project folder that is itself a git repository with that branch.
+        """
+        if not branch or branch == self.branch:
+            return
+        if (self.project_dir / ".git").exists():
+            try:
+                git(self.project_dir, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}^{{commit}}")
+                return
+            except HarnessError:
+                pass
+        raise InputError("command line", "--branch", f'project {self.project_dir} has no branch "{branch}"',
+                         f"omit --branch to use {self.branch!r}, or make the project folder a git "
+                         "repository with that branch")
+
 
 def load_scenario(folder: str | Path) -> Scenario:
     """Read and validate ``<folder>/scenario.toml``.
@@ -88,16 +129,12 @@ def load_scenario(folder: str | Path) -> Scenario:
     ``folder`` may also be the name of a folder under the bundled ``scenarios/`` directory.
 
     Raises:
-        InputError: the file is missing, malformed, has unknown keys or points outside its folder.
+        InputError: the folder or file is missing, malformed, has unknown keys or invalid values,
+            or points outside its folder.
     """
     folder = _resolve_folder(folder)
     path = folder / "scenario.toml"
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(path, "", "scenario.toml not found", "create it (see the format in harness/scenario.py)") from None
-    except tomllib.TOMLDecodeError as error:
-        raise InputError(path, "", f"invalid TOML: {error}", "fix the syntax at that line") from None
+    data = _read_toml(path)
 
     _reject_unknown(path, "", data, _TOP_KEYS)
     project = _table(path, data, "project", _PROJECT_KEYS)
@@ -110,9 +147,9 @@ def load_scenario(folder: str | Path) -> Scenario:
         purpose=_string(path, data, "purpose", default=""),
         folder=folder,
         project_dir=_inside(path, folder, "project.path", _string(path, project, "path", "project", prefix="project.")),
-        namespace=_string(path, project, "namespace", "group", prefix="project."),
-        project_name=_string(path, project, "name", folder.name, prefix="project."),
-        branch=_string(path, project, "branch", "main", prefix="project."),
+        namespace=_project_name(path, project, "namespace", "group"),
+        project_name=_project_name(path, project, "name", folder.name),
+        branch=_branch(path, project),
         modes=modes,
         registry=_registry(path, data),
         watch_paths=tuple(_watch_paths(path, data)),
@@ -128,7 +165,28 @@ def _resolve_folder(folder: str | Path) -> Path:
     candidate = Path(folder)
     if not candidate.exists() and (SCENARIOS_DIR / candidate).exists():
         candidate = SCENARIOS_DIR / candidate
+    if not candidate.is_dir():
+        bundled = sorted(child.name for child in SCENARIOS_DIR.iterdir() if (child / "scenario.toml").is_file())
+        raise InputError(str(folder), "", "no such scenario folder",
+                         f"pass a folder that contains scenario.toml or a bundled scenario: {', '.join(bundled)}")
     return candidate.resolve()
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(path, "", "scenario.toml not found",
+                         "create it (the format is described in harness/scenario.py)") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(path, "", f"cannot read the file: {error}",
+                         "check the file permissions and that it is UTF-8 text") from None
+    except tomllib.TOMLDecodeError as error:
+        position = _TOML_POSITION.search(str(error))
+        where = f"line {position.group(1)}" if position else ""
+        problem = _TOML_POSITION.sub("", str(error)).strip()
+        column = f" at column {position.group(2)}" if position else ""
+        raise InputError(path, where, f"invalid TOML: {problem}{column}", "fix the syntax on that line") from None
 
 
 def _reject_unknown(path: Path, prefix: str, table: dict, known: set[str]) -> None:
@@ -154,6 +212,24 @@ def _string(path: Path, table: dict, key: str, default: str, prefix: str = "") -
     return value
 
 
+def _project_name(path: Path, project: dict, key: str, default: str) -> str:
+    """Return ``project.namespace`` or ``project.name``. A namespace may contain ``/``."""
+    value = _string(path, project, key, default, prefix="project.")
+    parts = value.split("/") if key == "namespace" else [value]
+    if not all(_PROJECT_NAME.fullmatch(part) for part in parts):
+        raise InputError(path, f"project.{key}", f"invalid project {key} {value!r}",
+                         "use letters, digits, '_', '-' and '.', starting with a letter or digit")
+    return value
+
+
+def _branch(path: Path, project: dict) -> str:
+    branch = _string(path, project, "branch", "main", prefix="project.")
+    if not branch or branch.startswith("-") or _BRANCH_CHARACTERS & set(branch):
+        raise InputError(path, "project.branch", f"invalid branch name {branch!r}",
+                         "use a plain git branch name such as master or main")
+    return branch
+
+
 def _inside(path: Path, folder: Path, key: str, relative: str) -> Path:
     """Resolve ``relative`` against the scenario folder and reject anything that leaves it."""
     if Path(relative).is_absolute():
@@ -174,12 +250,12 @@ def _mode_files(path: Path, folder: Path, mode: str, table: object) -> ModeFiles
     for key in ("pipeline", "runner_config"):
         if key not in table:
             raise InputError(path, f"modes.{mode}.{key}", "missing", f"name the {key.replace('_', ' ')} file")
-    return ModeFiles(
-        mode=mode,
-        pipeline=_inside(path, folder, f"modes.{mode}.pipeline", _string(path, table, "pipeline", "")),
-        runner_config=_inside(path, folder, f"modes.{mode}.runner_config", _string(path, table, "runner_config", "")),
-        differs=_string(path, table, "differs", "", prefix=f"modes.{mode}."),
-    )
+    files = {key: _inside(path, folder, f"modes.{mode}.{key}", _string(path, table, key, "", prefix=f"modes.{mode}."))
+             for key in ("pipeline", "runner_config")}
+    for key, file in files.items():
+        if not file.is_file():
+            raise InputError(path, f"modes.{mode}.{key}", f"{file} is not a file", "name a file, not a folder")
+    return ModeFiles(mode=mode, **files, differs=_string(path, table, "differs", "", prefix=f"modes.{mode}."))
 
 
 def _registry(path: Path, data: dict) -> RegistrySpec | None:
@@ -188,11 +264,28 @@ def _registry(path: Path, data: dict) -> RegistrySpec | None:
         return None
     if "hostname" not in table:
         raise InputError(path, "registry.hostname", "missing", "name the registry host the pipeline pushes to")
-    return RegistrySpec(**{key: _string(path, table, key, "", prefix="registry.") for key in table})
+    values = {key: _string(path, table, key, "", prefix="registry.") for key in table}
+
+    hostname = values["hostname"]
+    if len(hostname) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in hostname.split(".")):
+        raise InputError(path, "registry.hostname", f"{hostname!r} is not a DNS name",
+                         "write a host name without scheme, port or path, such as registry.example.com")
+    for key in _REGISTRY_KEYS - {"hostname"}:
+        if key in values and not _VARIABLE_NAME.fullmatch(values[key]):
+            raise InputError(path, f"registry.{key}", f"{values[key]!r} is not a variable name",
+                             "use letters, digits and '_', not starting with a digit")
+    return RegistrySpec(**values)
 
 
 def _watch_paths(path: Path, data: dict) -> list[str]:
     paths = _table(path, data, "watch", {"paths"}).get("paths", [])
-    if not isinstance(paths, list) or not all(isinstance(p, str) and p.startswith("/") for p in paths):
-        raise InputError(path, "watch.paths", "expected a list of absolute paths", 'write paths = ["/logs/app"]')
+    if not isinstance(paths, list):
+        raise InputError(path, "watch.paths", f"expected a list, got {type(paths).__name__}",
+                         'write paths = ["/logs/app"]')
+    for index, item in enumerate(paths):
+        # Teardown deletes a watched path that a job created, so it must name one plain directory.
+        plain = isinstance(item, str) and item.startswith("/") and not {".", ".."} & set(item.split("/"))
+        if not plain or len(PurePosixPath(item).parts) < 2:
+            raise InputError(path, f"watch.paths[{index}]", f"{item!r} is not an absolute path below /",
+                             'write an absolute directory path without "." or "..", such as "/logs/app"')
     return paths
