@@ -39,7 +39,7 @@ def run_checks() -> list[Check]:
 
 def _engine_check(status: engine.EngineStatus) -> Check:
     if not status.running:
-        return Check("engine", False, f"no engine answers at {status.host}",
+        return Check("engine", False, f"no engine responds at {status.host}",
                      "run `harness engine up` (installs Debian's docker.io and starts dockerd as root)")
     origin = "started by the harness" if status.started_by_harness else "not started by the harness"
     return Check("engine", True,

@@ -1,6 +1,6 @@
 """Find or provision the Docker engine the harness drives.
 
-An engine that already answers ``/_ping`` (``DOCKER_HOST`` or the default socket) is used as it is.
+An engine that already responds to ``/_ping`` (``DOCKER_HOST`` or the default socket) is used as it is.
 Otherwise, as root on Debian, the harness installs Debian's ``docker.io`` and starts ``dockerd``
 with its log, pid file and ``daemon.json`` under ``<state dir>/engine``. When a privileged probe
 container fails because the kernel's capability bounding set is incomplete, the runtime wrapper
@@ -74,12 +74,12 @@ def missing_capabilities(status_path: str = "/proc/self/status") -> list[str]:
 
 
 def connect(timeout: float = 5) -> docker.DockerClient | None:
-    """Return a client for the engine at ``DOCKER_HOST`` or the default socket, or None if none answers."""
+    """Return a client for the engine at ``DOCKER_HOST`` or the default socket, or None if none responds."""
     try:
         client = docker.from_env(timeout=timeout)
         client.ping()
     except (docker.errors.DockerException, OSError) as error:
-        log.debug("no engine answers: %s", error)
+        log.debug("no engine responds: %s", error)
         return None
     return client
 
@@ -89,7 +89,7 @@ def require_engine() -> docker.DockerClient:
     client = connect()
     if client is None:
         raise EngineError(
-            f"no Docker engine answers at {os.environ.get('DOCKER_HOST', 'unix:///var/run/docker.sock')}",
+            f"no Docker engine responds at {os.environ.get('DOCKER_HOST', 'unix:///var/run/docker.sock')}",
             "start one with `harness engine up` (or `make engine`)",
         )
     return client
@@ -221,7 +221,7 @@ def _write_daemon_config(with_wrapper: bool) -> Path:
 
 
 def start_dockerd(with_wrapper: bool, timeout: float = 60) -> docker.DockerClient:
-    """Start dockerd in the background, detached from this process, and wait until it answers.
+    """Start dockerd in the background, detached from this process, and wait until it responds.
 
     Raises:
         ReadinessTimeout: dockerd did not answer ``/_ping`` in time; the message carries its log tail.
@@ -307,7 +307,7 @@ def probe_privileged(client: docker.DockerClient) -> ProbeResult:
 
 
 def up() -> docker.DockerClient:
-    """Return a client for a working engine, installing and starting dockerd when none answers.
+    """Return a client for a working engine, installing and starting dockerd when none responds.
 
     A harness-started engine whose privileged probe fails on the bounding-set error is restarted
     with the runtime wrapper as default runtime and probed again.

@@ -30,7 +30,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def engine_client() -> Iterator["docker.DockerClient"]:
     """A docker-py client for the engine at ``DOCKER_HOST`` or the default socket.
 
-    Fails the test with the command that starts an engine when none answers.
+    Fails the test with the command that starts an engine when none responds.
     """
     from harness import engine
     from harness.errors import EngineError

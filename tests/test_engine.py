@@ -112,8 +112,8 @@ def test_doctor_reports_stopped_engine(tmp_path):
                             capture_output=True, text=True, timeout=60)
 
     assert result.returncode == 1
-    assert f"no engine answers at unix://{tmp_path}/no-engine.sock" in result.stdout
-    assert "harness engine up" in result.stdout
+    assert f"no Docker engine responds at unix://{tmp_path}/no-engine.sock" in result.stderr
+    assert "harness engine up" in result.stderr
 
 
 def test_require_engine_names_the_fix(tmp_path, monkeypatch):
