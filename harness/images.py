@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 
 INTERNAL_PREFIX = f"{labels.PREFIX}/"
 # The engine colors RUN output on stderr; the codes would garble logs and error messages.
+# Hosts that RUN steps of the recipes fetch Debian packages from (see docker/images.toml).
+PACKAGE_MIRRORS = ("deb.debian.org",)
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -265,12 +268,25 @@ def _build(client: docker.DockerClient, recipe: Recipe, recipe_hash: str) -> str
         stream = client.api.build(path=context, tag=recipe.tags[0], buildargs=recipe.args or None,
                                   target=recipe.target, labels=_image_labels(recipe, recipe_hash),
                                   rm=True, forcerm=True, pull=False, decode=True, timeout=None,
-                                  # RUN steps reach Debian's mirror through the host's resolver:
-                                  # containers on a harness-started engine get a DNS server that
-                                  # answers nothing (see harness.engine).
-                                  network_mode="host")
+                                  extra_hosts=_package_mirror_hosts())
         _follow_build(recipe, stream)
     return client.api.inspect_image(recipe.tags[0])["Id"]
+
+
+def _package_mirror_hosts() -> dict[str, str]:
+    """Return ``{name: address}`` of Debian's mirror, resolved on the host, for build containers.
+
+    Containers on a harness-started engine get a DNS server that resolves nothing (see
+    ``harness.engine.local_dns_address``), so RUN steps find the mirror through /etc/hosts only.
+    """
+    hosts = {}
+    for name in PACKAGE_MIRRORS:
+        try:
+            hosts[name] = socket.getaddrinfo(name, 80, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+        except OSError as error:
+            log.warning("cannot resolve %s on this machine (%s); builds that install packages will fail",
+                        name, error)
+    return hosts
 
 
 def _follow_build(recipe: Recipe, stream: Iterable[dict]) -> None:
