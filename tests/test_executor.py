@@ -217,8 +217,13 @@ def test_dind_privileged_job_succeeds(client, project, job):
 def test_dind_unprivileged_warns_and_fails(client, project, job):
     directory, sha = project
     job_id, token = job
+    # dockerd opens its TCP listener before it fails on iptables, so a check of port 2375 can
+    # succeed in that first second. Without TLS nothing ever listens on 2376, so pinning the
+    # check there makes it time out every time and the WARNING block is always written.
+    service = {"name": "docker:19.03.7-dind",
+               "variables": [{"key": "HEALTHCHECK_TCP_PORT", "value": "2376", "public": True}]}
     payload = make_payload(job_id, sha, ["docker info"], image="docker:stable",
-                           services=[{"name": "docker:19.03.7-dind"}], variables=DIND_VARIABLES)
+                           services=[service], variables=DIND_VARIABLES)
 
     result = run_job(client, make_config(token, privileged=False, wait_for_services_timeout=10), payload, directory)
 
@@ -231,7 +236,10 @@ def test_dind_unprivileged_warns_and_fails(client, project, job):
     assert warning.group(2) == f'service "{service_name}-wait-for-service" timeout'
     assert "waiting for TCP connection to" in warning.group(3)
     assert re.search(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z ", warning.group(4), re.MULTILINE)
+    # The service's own log names why it died: without privileges dockerd cannot set up iptables.
+    assert "failed to start daemon" in warning.group(4)
     assert "Waiting for services to be up and running (timeout 10 seconds)..." in result.trace
+    assert "Cannot connect to the Docker daemon at tcp://docker:2375" in result.trace
     assert result.status == "failed"
     assert result.exit_code == 1
     assert "ERROR: Job failed: exit code 1" in result.trace
