@@ -6,6 +6,7 @@ integration test would report green on a broken machine.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -24,6 +25,11 @@ MARKERS = {
 def pytest_configure(config: pytest.Config) -> None:
     for name, description in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {description}")
+
+    # docker-py and every harness module read DOCKER_HOST, so one setting reaches them all.
+    engine_url = config.getoption("--harness-engine", default=None)
+    if engine_url:
+        os.environ["DOCKER_HOST"] = engine_url
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +58,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("dind-dood-harness")
     group.addoption("--harness-in-process", action="store_true",
                     help="run the executor in the pytest process instead of a runner container")
+    group.addoption("--harness-engine", metavar="URL", default=None,
+                    help="Docker engine to run on, e.g. unix:///var/run/docker.sock "
+                         "(default: DOCKER_HOST or the default socket)")
     group.addoption("--harness-pull-policy", choices=["if-not-present", "never", "always"], default=None,
                     help="override every runner config's pull_policy (default: the config's own)")
 

@@ -9,6 +9,7 @@ jobs stage by stage with a host snapshot after each job, then tear everything do
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import re
 import secrets
@@ -244,6 +245,8 @@ class _Session:
 
     def _runner(self, config: RunnerConfig, wiring: Wiring, project: Project):
         wired = config.with_wiring(extra_hosts=list(wiring.extra_hosts), volumes=list(wiring.volumes))
+        if self.options.pull_policy:
+            wired = _with_pull_policy(wired, self.options.pull_policy)
         config_toml = render_toml(wired.to_dict())
         runner_class = InProcessRunner if self.options.in_process else RunnerContainer
         runner = runner_class(self.client, config_toml, project.repo_dir, self.scenario.watch_paths).start()
@@ -302,6 +305,13 @@ class _Session:
         for path in set(final.paths) - set(baseline.paths):
             shutil.rmtree(path, ignore_errors=True)
             log.info("removed host path %s that a job created", path)
+
+
+def _with_pull_policy(config: RunnerConfig, policy: str) -> RunnerConfig:
+    """Return a copy of ``config`` whose every runner uses ``policy`` (the plugin's override)."""
+    runners = tuple(dataclasses.replace(runner, docker=dataclasses.replace(runner.docker, pull_policy=(policy,)))
+                    for runner in config.runners)
+    return dataclasses.replace(config, runners=runners)
 
 
 def _should_run(job: CompiledJob, failed: bool) -> bool:
