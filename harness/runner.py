@@ -35,7 +35,7 @@ SOCKET = "/var/run/docker.sock"
 class JobRunner(Protocol):
     """Runs one job payload and returns the executor's result dictionary."""
 
-    def run_job(self, payload: dict, on_trace: Callable[[str], None]) -> dict: ...
+    def run_job(self, payload: dict, on_trace: Callable[[str], None], concurrent_id: int = 0) -> dict: ...
 
     def close(self) -> None: ...
 
@@ -111,13 +111,17 @@ class RunnerContainer:
         log.info("runner container %s started on the host engine", self.container.name)
         return self
 
-    def run_job(self, payload: dict, on_trace: Callable[[str], None]) -> dict:
-        """Run one job in the runner container; stream its trace to ``on_trace``; return the result."""
+    def run_job(self, payload: dict, on_trace: Callable[[str], None], concurrent_id: int = 0) -> dict:
+        """Run one job in the runner container; stream its trace to ``on_trace``; return the result.
+
+        Jobs may run at the same time from several threads, each in its own ``docker exec`` and
+        with its own ``concurrent_id``.
+        """
         job_id = payload["id"]
         (self.work_dir / f"job-{job_id}.json").write_text(json.dumps(payload))
         command = ["python3", "-m", "harness.executor", "--config", f"{WORK_MOUNT}/config.toml",
                    "--job", f"{WORK_MOUNT}/job-{job_id}.json", "--sources", "/var/lib/harness-sources",
-                   "--result", f"{WORK_MOUNT}/result-{job_id}.json"]
+                   "--result", f"{WORK_MOUNT}/result-{job_id}.json", "--concurrent-id", str(concurrent_id)]
         for path in self.watch_paths:
             command += ["--watch", path]
         execution = self.client.api.exec_create(self.container.id, command)
@@ -165,12 +169,12 @@ class InProcessRunner:
         """Nothing to start: the executor is imported on first use."""
         return self
 
-    def run_job(self, payload: dict, on_trace: Callable[[str], None]) -> dict:
+    def run_job(self, payload: dict, on_trace: Callable[[str], None], concurrent_id: int = 0) -> dict:
         """Run one job in this process; return the same result dictionary the container writes."""
         from harness.executor.__main__ import run_payload
 
         return run_payload(self.client, self.config_path, payload, self.sources, _TraceWriter(on_trace),
-                           watch_paths=self.watch_paths)
+                           watch_paths=self.watch_paths, concurrent_id=concurrent_id)
 
     def close(self) -> None:
         """Remove the temporary work directory."""

@@ -56,7 +56,7 @@ DOCKER_FIELDS = {
     "volumes": "strings", "extra_hosts": "strings", "network_mode": "string",
     "disable_cache": "boolean", "cache_dir": "string", "pull_policy": "pull_policy",
     "wait_for_services_timeout": "integer", "network_mtu": "integer", "helper_image": "string",
-    "hostname": "string", "volume_keep": "boolean",
+    "hostname": "string", "volume_keep": "boolean", "share_builds_with_services": "boolean",
 }
 SERVICE_FIELDS = {"name": "string", "alias": "string", "command": "strings",
                   "entrypoint": "strings", "environment": "strings"}
@@ -99,6 +99,8 @@ class DockerConfig:
     helper_image: str = ""
     hostname: str = ""
     volume_keep: bool = False
+    # Not a GitLab Runner key: false gives services no builds volume, as some CI emulators do.
+    share_builds_with_services: bool = True
     services: tuple[ServiceConfig, ...] = ()
 
     @property

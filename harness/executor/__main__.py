@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 def run_payload(client, config_path: Path, payload: dict, sources: Path | None, trace: TextIO,
                 runner: str | None = None, compat: RunnerCompat | None = None,
-                watch_paths: tuple[str, ...] = ()) -> dict:
+                watch_paths: tuple[str, ...] = (), concurrent_id: int = 0) -> dict:
     """Run ``payload`` with the runner config at ``config_path``; return ``JobResult.to_dict()``.
 
     The result also carries ``snapshots``: each dind service's daemon and the ``watch_paths`` in
@@ -37,7 +37,7 @@ def run_payload(client, config_path: Path, payload: dict, sources: Path | None, 
     config = load_runner_config(Path(config_path), runner)
     observer = PlacementObserver(tuple(watch_paths))
     executor = DockerExecutor(client, config, compat=compat, observer=observer)
-    result = executor.run(payload, sources, trace).to_dict()
+    result = executor.run(payload, sources, trace, concurrent_id=concurrent_id).to_dict()
     result["snapshots"] = [snapshot.to_dict() for snapshot in observer.snapshots]
     return result
 
@@ -51,6 +51,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sources", type=Path, help="git work tree or bare repository of the project")
     parser.add_argument("--result", required=True, type=Path, help="file to write the result JSON to")
     parser.add_argument("--runner-version", help="GitLab Runner version to behave like (default: current)")
+    parser.add_argument("--concurrent-id", type=int, default=0, metavar="N",
+                        help="the runner's job slot, 0 to concurrent - 1 (default: 0)")
     parser.add_argument("--watch", action="append", default=[], metavar="PATH",
                         help="directory to list in service and build containers before cleanup (repeatable)")
     return parser.parse_args(argv)
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     compat = RunnerCompat.for_version(arguments.runner_version) if arguments.runner_version else None
     try:
         result = run_payload(docker.from_env(), arguments.config, payload, arguments.sources, sys.stdout,
-                             arguments.runner, compat, tuple(arguments.watch))
+                             arguments.runner, compat, tuple(arguments.watch), arguments.concurrent_id)
     except HarnessError as error:
         print(f"ERROR: {error}", file=sys.stderr)
         return error.exit_code

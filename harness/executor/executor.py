@@ -18,6 +18,7 @@ import requests
 
 from harness.errors import HarnessError
 from harness.executor import cleanup, script, sources, stages
+from harness.executor import volumes as volumes_module
 from harness.executor.compat import RunnerCompat
 from harness.executor.containers import StageTimeout
 from harness.executor.job import JobContext, build_context
@@ -83,7 +84,8 @@ class DockerExecutor:
         self.compat.check_supported()
         self.observer = observer
 
-    def run(self, payload: dict, sources_path: Path | str | None, trace_stream: TextIO | None = None) -> JobResult:
+    def run(self, payload: dict, sources_path: Path | str | None, trace_stream: TextIO | None = None,
+            concurrent_id: int = 0) -> JobResult:
         """Run one job: create its containers, volumes and network, run its steps, clean up.
 
         Args:
@@ -91,6 +93,7 @@ class DockerExecutor:
             sources_path: The project's git work tree or bare repository; unused with
                 ``GIT_STRATEGY: none``.
             trace_stream: Receives the job log as it is written.
+            concurrent_id: The runner's job slot (0 to ``concurrent`` - 1), part of every name.
 
         Returns:
             The job's ``JobResult``; a failing script is a result, not an exception.
@@ -98,7 +101,7 @@ class DockerExecutor:
         Raises:
             Exception: whatever an observer hook raised, after cleanup.
         """
-        context = build_context(self.client, payload, self.settings, self.compat)
+        context = build_context(self.client, payload, self.settings, self.compat, concurrent_id=concurrent_id)
         trace = Trace(trace_stream, context.variables.masked_values())
         run = _JobRun(self, context, trace, Path(sources_path) if sources_path else None)
         return run.execute()
@@ -115,7 +118,7 @@ class _JobRun:
         self.client = context.client
         settings = context.settings
         variables = context.variables
-        self.labeler = Labeler(context.payload, context.short_token, settings.system_id, 0,
+        self.labeler = Labeler(context.payload, context.short_token, settings.system_id, context.concurrent_id,
                                variables.get("CI_PIPELINE_ID"), context.timeout)
         self.puller = ImagePuller(self.client, list(settings.pull_policy), trace)
         self.network = NetworkManager(self.client, self.labeler, settings.network_mode, context.per_build_network,
@@ -194,7 +197,7 @@ class _JobRun:
         helper = self.puller.ensure(settings.helper_image)
         definitions = [ServiceDefinition.from_mapping(entry) for entry in settings.services]
         definitions += [ServiceDefinition.from_mapping(entry) for entry in context.payload.get("services") or ()]
-        services = self.services.start_all(definitions, context.variables, self.volumes.binds)
+        services = self.services.start_all(definitions, context.variables, self._service_binds())
         for info in services:
             context.containers.append({"id": info.container_id, "name": info.container_name, "type": "service"})
         ServiceWaiter(self.client, self.labeler, self.trace, self.network, settings.helper_image,
@@ -205,6 +208,16 @@ class _JobRun:
                                                    self.volumes.binds, self.sources_path, helper["Id"])
         self.job_containers.reach_services(*self._service_reachability())
         self.trace.section_end("prepare_executor")
+
+    def _service_binds(self) -> list[str]:
+        """Return the binds services get: all of the job's, unless the builds volume is withheld.
+
+        GitLab Runner always gives services the builds volume. ``share_builds_with_services =
+        false`` reproduces CI emulators that do not, where a dind daemon cannot see the checkout.
+        """
+        if self.context.settings.share_builds_with_services:
+            return self.volumes.binds
+        return volumes_module.without_path(self.volumes.binds, self.context.settings.builds_dir)
 
     def _service_reachability(self) -> tuple[list[str], list[tuple[str, str]]]:
         if self.context.compat.legacy_links:

@@ -15,6 +15,7 @@ from harness.executor.sources import git_strategy
 
 DEFAULT_JOB_TIMEOUT = 7200
 RUNNER_REVISION = "harness"
+# The runner's job slot when it runs one job at a time. With ``concurrent = N`` the slots are 0 to N - 1.
 CONCURRENT_ID = 0
 
 
@@ -66,6 +67,7 @@ class JobContext:
     variables: JobVariables = dataclasses.field(default_factory=JobVariables)
     containers: list[dict] = dataclasses.field(default_factory=list)
     network_mode: str = ""
+    concurrent_id: int = CONCURRENT_ID
 
     @property
     def job_id(self) -> int:
@@ -86,35 +88,39 @@ class JobContext:
 
 
 def build_context(client, payload: Mapping, settings: ExecutorSettings, compat: RunnerCompat,
-                  random_hex: str | None = None) -> JobContext:
-    """Derive names, directories and variables of ``payload`` as the runner does before preparing."""
+                  random_hex: str | None = None, concurrent_id: int = CONCURRENT_ID) -> JobContext:
+    """Derive names, directories and variables of ``payload`` as the runner does before preparing.
+
+    ``concurrent_id`` is the runner's job slot; it goes into container, volume and network names.
+    """
     job_info = payload.get("job_info") or {}
     git_info = payload.get("git_info") or {}
     project_id = int(job_info.get("project_id", 0))
     payload_variables = JobVariables(Variable.from_payload(entry) for entry in payload.get("variables") or ())
 
     short = naming.short_token(settings.token, legacy=compat.short_token_pre_18_2)
-    unique = naming.project_unique_name(short, project_id, CONCURRENT_ID)
+    unique = naming.project_unique_name(short, project_id, concurrent_id)
     if compat.cache_volume_naming_pre_18_4:
         reusable = unique
     else:
-        reusable = naming.project_real_unique_name(settings.token, settings.system_id, project_id, CONCURRENT_ID)
+        reusable = naming.project_real_unique_name(settings.token, settings.system_id, project_id, concurrent_id)
 
     shared = volumes.is_host_mounted(settings.builds_dir, list(settings.volumes))
     path = project_path(git_info.get("repo_url", ""), project_id)
-    root = posixpath.join(settings.builds_dir, short, str(CONCURRENT_ID)) if shared else settings.builds_dir
+    root = posixpath.join(settings.builds_dir, short, str(concurrent_id)) if shared else settings.builds_dir
     timeout = int((payload.get("runner_info") or {}).get("timeout") or 0)
 
     context = JobContext(
         client=client, payload=payload, settings=settings, compat=compat, short_token=short,
         unique_name=unique, reusable_name=reusable, prefix=naming.random_prefix(unique, random_hex),
-        network_name=naming.network_name(short, project_id, CONCURRENT_ID, int(payload.get("id", 0)),
+        network_name=naming.network_name(short, project_id, concurrent_id, int(payload.get("id", 0)),
                                          legacy=compat.network_name_pre_17_2),
         per_build_network=resolve_feature_flag("FF_NETWORK_PER_BUILD", settings, payload_variables),
         project_dir=posixpath.join(root, path), shared_builds_dir=shared,
         strategy=git_strategy(payload, payload_variables.get),
         timeout=timeout if timeout > 0 else DEFAULT_JOB_TIMEOUT,
         image=str((payload.get("image") or {}).get("name") or settings.image),
+        concurrent_id=concurrent_id,
     )
     context.variables = job_variables(context, payload_variables)
     return context
@@ -127,8 +133,8 @@ def job_variables(context: JobContext, payload_variables: JobVariables) -> JobVa
     before = [
         internal("CI_BUILDS_DIR", settings.builds_dir),
         internal("CI_PROJECT_DIR", context.project_dir),
-        internal("CI_CONCURRENT_ID", str(CONCURRENT_ID)),
-        internal("CI_CONCURRENT_PROJECT_ID", str(CONCURRENT_ID)),
+        internal("CI_CONCURRENT_ID", str(context.concurrent_id)),
+        internal("CI_CONCURRENT_PROJECT_ID", str(context.concurrent_id)),
         internal("CI_SERVER", "yes"),
         internal("CI_JOB_STATUS", "running"),
         internal("CI_JOB_TIMEOUT", str(context.timeout)),

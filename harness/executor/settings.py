@@ -53,6 +53,7 @@ class ExecutorSettings:
     allowed_privileged_services: tuple[str, ...] = ()
     volumes: tuple[str, ...] = ()
     volume_keep: bool = False
+    share_builds_with_services: bool = True
     network_mode: str = ""
     network_mtu: int = 0
     enable_ipv6: bool = False
@@ -135,6 +136,7 @@ def _docker_fields(table: Mapping) -> dict:
         "allowed_privileged_services": _strings(table.get("allowed_privileged_services")),
         "volumes": _strings(table.get("volumes")),
         "volume_keep": _boolean(table.get("volume_keep", False)),
+        "share_builds_with_services": _boolean(table.get("share_builds_with_services", True)),
         "network_mode": str(table.get("network_mode") or ""),
         "network_mtu": int(table.get("network_mtu") or 0),
         "enable_ipv6": _boolean(table.get("enable_ipv6", False)),

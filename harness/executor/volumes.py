@@ -75,6 +75,17 @@ def is_host_mounted(path: str, entries: list[str]) -> bool:
     return False
 
 
+def without_path(entries: list[str], path: str) -> list[str]:
+    """Return ``entries`` minus every volume mounted at ``path`` or below it."""
+    kept = []
+    for entry in entries:
+        _, destination, _ = parse_volume(entry)
+        destination = destination.rstrip("/") or "/"
+        if destination != path and not destination.startswith(path.rstrip("/") + "/"):
+            kept.append(entry)
+    return kept
+
+
 class VolumeManager:
     """Creates the volumes of one job and collects the binds every job container receives."""
 
