@@ -5,7 +5,7 @@ PYTEST_ARGS ?=
 # The module form works before the shell has seen the new console script on PATH.
 HARNESS = $(PYTHON) -m harness.cli
 
-.PHONY: install engine images doctor test demo clean
+.PHONY: install engine images browser doctor test demo clean
 
 install:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[test]'
@@ -16,10 +16,14 @@ engine: install
 images: engine
 	$(HARNESS) images build
 
+# Headless Chromium for the placement report's browser test; installed only when missing.
+browser:
+	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
 doctor: images
 	$(HARNESS) doctor
 
-test: images
+test: images browser
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 demo: images
