@@ -136,8 +136,13 @@ def _demo(args: argparse.Namespace) -> int:
 def _scenarios(args: argparse.Namespace) -> int:
     from harness import scenario
 
+    rows = []
     for item in scenario.list_scenarios():
-        print(f"{item.name:<24} {','.join(item.modes):<10} {item.purpose}")
+        modes = ", ".join(name if files.kind == name else f"{name} ({files.kind})" for name, files in item.modes.items())
+        rows.append((item.name, modes, ", ".join(item.reports) or "-", item.purpose))
+    widths = [max((len(row[column]) for row in rows), default=0) for column in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3])
     return 0
 
 
@@ -163,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run_parser = commands.add_parser("run", help="run a scenario's pipeline and print where things ended up")
     run_parser.add_argument("scenario", help="scenario folder, or a name under scenarios/")
-    run_parser.add_argument("--mode", choices=["dind", "dood", "both"], default="both")
+    run_parser.add_argument("--mode", default="both",
+                            help="a mode name of the scenario (such as dind or dood), or both for every mode")
     run_parser.add_argument("--var", action="append", default=[], metavar="KEY=VALUE",
                             help="extra project variable (repeatable)")
     run_parser.add_argument("--masked-var", action="append", default=[], metavar="KEY=VALUE",

@@ -108,7 +108,7 @@ class RunOptions:
 def run_scenario(client: docker.DockerClient, scenario: Scenario, mode: str,
                  options: RunOptions | None = None,
                  inputs: tuple[Pipeline, RunnerConfig] | None = None) -> RunResult:
-    """Run ``scenario``'s pipeline in ``mode`` (``dind`` or ``dood``) on the engine behind ``client``.
+    """Run ``scenario``'s pipeline in ``mode`` (a name under ``[modes]``) on the engine behind ``client``.
 
     ``inputs`` is what :func:`check_inputs` returned for this scenario, mode and options. When
     it is None, the inputs are checked here.
@@ -194,12 +194,16 @@ class _Session:
         self.mode = mode
         self.options = options
         self.stack = stack
+        # The mode's kind, not its free-form name, decides how the registry and mirror are wired.
+        self.kind = scenario.mode_files(mode).kind
         self.registry: Registry | None = None
         self.secrets: list[str] = []
 
     def run(self, pipeline, config: RunnerConfig) -> RunResult:
         project = self._project()
         variables, wiring = self._registry_and_mirror()
+        variables += [Variable(key, value, masked=False, public=False)
+                      for key, value in self.scenario.mode_files(self.mode).variables]
         compiled = compile_pipeline(pipeline, project, branch=self.options.branch or self.scenario.branch,
                                     variables=[*variables, *self.options.variables])
         self.secrets = [v.value for v in [*variables, *self.options.variables] if v.masked]
@@ -233,12 +237,12 @@ class _Session:
                 Registry(self.client).with_hostnames([spec.hostname])
                 .with_auth(username=f"ci-{secrets.token_hex(4)}"))
             wiring = wiring + self.registry.wiring()
-            if self.mode == "dood":
+            if self.kind == "dood":
                 self.registry.install_host_trust()
             variables = [Variable(spec.user_variable, self.registry.username, masked=True, public=False),
                          Variable(spec.password_variable, self.registry.password, masked=True, public=False),
                          Variable(spec.address_variable, spec.hostname, masked=False, public=False)]
-        if self.mode == "dind":
+        if self.kind == "dind":
             mirror = self.stack.enter_context(Mirror(self.client))
             wiring = wiring + mirror.wiring()
         return variables, wiring

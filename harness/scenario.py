@@ -4,6 +4,7 @@ A scenario is a folder under ``scenarios/`` with a ``scenario.toml``::
 
     name = "seed"
     purpose = "one line shown by `harness scenarios list`"
+    reports = ["D16"]         # optional: the field reports this scenario reproduces
 
     [project]                 # the files committed to the project's git repository
     path = "project"
@@ -17,13 +18,20 @@ A scenario is a folder under ``scenarios/`` with a ``scenario.toml``::
     password_variable = "REGISTRY_PASSWORD"
     address_variable = "REGISTRY_ADDRESS"
 
-    [modes.dind]              # one table per mode the scenario runs in: dind, dood
+    [modes.dind]              # one table per mode; the name is free-form
+    kind = "dind"             # dind or dood; defaults to the name when it is one of them
     pipeline = "project/.gitlab-ci.yml"
     runner_config = "config.dind.toml"
     differs = "optional: how this mode's files differ from the other mode's"
+    variables = { EXTRA = "value" }   # optional: project variables added in this mode only
 
     [watch]
     paths = ["/logs/app"]     # directories listed on every daemon and in the job containers
+
+    [[expect]]                # checks of the outcome, see harness/expectations.py and docs/scenarios.md
+    job = "Test"
+    status = "failed"
+    because = "why real GitLab Runner and Docker behave this way"
 
 Every path in a scenario stays inside its folder: absolute paths, ``..`` and symbolic links that
 lead outside are rejected.
@@ -37,9 +45,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from harness.errors import HarnessError, InputError
+from harness.expectations import Expectation, parse_expectations
 from harness.project import git
 
-MODES = ("dind", "dood")
+KINDS = ("dind", "dood")
 SCENARIOS_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 
 # The same rules harness.project applies, checked here so the error names the scenario.toml key.
@@ -51,20 +60,33 @@ _DNS_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _TOML_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
 
-_TOP_KEYS = {"name", "purpose", "project", "registry", "modes", "watch"}
+_TOP_KEYS = {"name", "purpose", "reports", "project", "registry", "modes", "watch", "expect"}
 _PROJECT_KEYS = {"path", "namespace", "name", "branch"}
 _REGISTRY_KEYS = {"hostname", "user_variable", "password_variable", "address_variable"}
-_MODE_KEYS = {"pipeline", "runner_config", "differs"}
+_MODE_KEYS = {"kind", "pipeline", "runner_config", "differs", "variables"}
+# A mode name becomes part of test ids and of --mode, so it stays one plain word.
+_MODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclass(frozen=True)
 class ModeFiles:
-    """The pipeline and runner config a scenario uses in one mode."""
+    """The pipeline, runner config and extra variables a scenario uses in one mode.
+
+    ``kind`` decides the wiring: ``dind`` gets the pull mirror, ``dood`` gets the registry's
+    trust installed on the host engine.
+    """
 
     mode: str
     pipeline: Path
     runner_config: Path
+    kind: str = ""
     differs: str = ""
+    variables: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        # Callers that build modes in code may leave kind out when the mode is named after it.
+        if not self.kind and self.mode in KINDS:
+            object.__setattr__(self, "kind", self.mode)
 
 
 @dataclass(frozen=True)
@@ -91,6 +113,8 @@ class Scenario:
     modes: dict[str, ModeFiles]
     registry: RegistrySpec | None = None
     watch_paths: tuple[str, ...] = field(default_factory=tuple)
+    reports: tuple[str, ...] = ()
+    expectations: tuple[Expectation, ...] = ()
 
     @property
     def file(self) -> Path:
@@ -138,9 +162,7 @@ def load_scenario(folder: str | Path) -> Scenario:
 
     _reject_unknown(path, "", data, _TOP_KEYS)
     project = _table(path, data, "project", _PROJECT_KEYS)
-    modes = {mode: _mode_files(path, folder, mode, table) for mode, table in _table(path, data, "modes", set(MODES)).items()}
-    if not modes:
-        raise InputError(path, "modes", "no mode defined", "add a [modes.dind] or [modes.dood] table")
+    modes = _modes(path, folder, data)
 
     return Scenario(
         name=_string(path, data, "name", default=folder.name),
@@ -153,6 +175,8 @@ def load_scenario(folder: str | Path) -> Scenario:
         modes=modes,
         registry=_registry(path, data),
         watch_paths=tuple(_watch_paths(path, data)),
+        reports=_reports(path, data),
+        expectations=parse_expectations(path, data.get("expect", []), list(modes)),
     )
 
 
@@ -243,10 +267,27 @@ def _inside(path: Path, folder: Path, key: str, relative: str) -> Path:
     return resolved
 
 
+def _modes(path: Path, folder: Path, data: dict) -> dict[str, ModeFiles]:
+    table = data.get("modes", {})
+    if not isinstance(table, dict):
+        raise InputError(path, "modes", f"expected a table, got {type(table).__name__}", "write it as [modes.dind]")
+    if not table:
+        raise InputError(path, "modes", "no mode defined", "add a [modes.dind] or [modes.dood] table")
+    for mode in table:
+        if not _MODE_NAME.fullmatch(mode):
+            raise InputError(path, f"modes.{mode}", "invalid mode name",
+                             "use letters, digits, '_', '-' and '.', starting with a letter or digit")
+    return {mode: _mode_files(path, folder, mode, files) for mode, files in table.items()}
+
+
 def _mode_files(path: Path, folder: Path, mode: str, table: object) -> ModeFiles:
     if not isinstance(table, dict):
         raise InputError(path, f"modes.{mode}", "expected a table", f"write it as [modes.{mode}]")
     _reject_unknown(path, f"modes.{mode}.", table, _MODE_KEYS)
+    kind = _string(path, table, "kind", mode if mode in KINDS else "", prefix=f"modes.{mode}.")
+    if kind not in KINDS:
+        problem = "missing" if not kind else f"invalid kind {kind!r}"
+        raise InputError(path, f"modes.{mode}.kind", problem, 'write kind = "dind" or kind = "dood"')
     for key in ("pipeline", "runner_config"):
         if key not in table:
             raise InputError(path, f"modes.{mode}.{key}", "missing", f"name the {key.replace('_', ' ')} file")
@@ -255,7 +296,31 @@ def _mode_files(path: Path, folder: Path, mode: str, table: object) -> ModeFiles
     for key, file in files.items():
         if not file.is_file():
             raise InputError(path, f"modes.{mode}.{key}", f"{file} is not a file", "name a file, not a folder")
-    return ModeFiles(mode=mode, **files, differs=_string(path, table, "differs", "", prefix=f"modes.{mode}."))
+    return ModeFiles(mode=mode, **files, kind=kind,
+                     differs=_string(path, table, "differs", "", prefix=f"modes.{mode}."),
+                     variables=_mode_variables(path, mode, table.get("variables", {})))
+
+
+def _mode_variables(path: Path, mode: str, variables: object) -> tuple[tuple[str, str], ...]:
+    key = f"modes.{mode}.variables"
+    if not isinstance(variables, dict):
+        raise InputError(path, key, f"expected a table, got {type(variables).__name__}",
+                         'write variables = { NAME = "value" }')
+    for name, value in variables.items():
+        if not _VARIABLE_NAME.fullmatch(name):
+            raise InputError(path, f"{key}.{name}", "is not a variable name",
+                             "use letters, digits and '_', not starting with a digit")
+        if not isinstance(value, str):
+            raise InputError(path, f"{key}.{name}", f"expected a string, got {type(value).__name__}",
+                             "quote the value")
+    return tuple(variables.items())
+
+
+def _reports(path: Path, data: dict) -> tuple[str, ...]:
+    reports = data.get("reports", [])
+    if not isinstance(reports, list) or not all(isinstance(item, str) and item for item in reports):
+        raise InputError(path, "reports", "expected a list of report ids", 'write reports = ["D16"]')
+    return tuple(reports)
 
 
 def _registry(path: Path, data: dict) -> RegistrySpec | None:

@@ -238,10 +238,10 @@ CASES = {
         SCENARIO, "", "scenario.toml not found", "create it"),
     "scenario-unknown-key": Case(
         replace_text(SCENARIO, '[project]\n', 'colour = "red"\n[project]\n'),
-        SCENARIO, "colour", "unknown key", "use one of: modes, name"),
+        SCENARIO, "colour", "unknown key", "use one of: expect, modes, name"),
     "scenario-unknown-mode-key": Case(
         replace_text(SCENARIO, 'runner_config = "config.dind.toml"', 'runner_conifg = "config.dind.toml"'),
-        SCENARIO, "modes.dind.runner_conifg", "unknown key", "use one of: differs, pipeline, runner_config"),
+        SCENARIO, "modes.dind.runner_conifg", "unknown key", "use one of: differs, kind, pipeline, runner_config"),
     "scenario-path-dotdot": Case(
         chain(write_text("../outside.yml", "job: {script: [true]}\n"),
               replace_text(SCENARIO, 'pipeline = "project/.gitlab-ci.yml"', 'pipeline = "project/../../outside.yml"')),
@@ -265,7 +265,7 @@ CASES = {
         SCENARIO, "modes.dood.pipeline", "'dood.gitlab-ci.yml' does not exist", "fix the path", mode="dood"),
     "scenario-unknown-mode": Case(
         replace_text(SCENARIO, "[modes.dood]", "[modes.dind_copy]"),
-        SCENARIO, "modes.dind_copy", "unknown key", "use one of: dind, dood", mode="dood"),
+        SCENARIO, "modes.dind_copy.kind", "missing", 'write kind = "dind" or kind = "dood"', mode="dood"),
     "scenario-mode-missing": Case(
         chain(replace_text(SCENARIO, '[modes.dood]\npipeline = "dood.gitlab-ci.yml"\n', ""),
               replace_text(SCENARIO, 'runner_config = "config.dood.toml"\n', ""),
