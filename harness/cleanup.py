@@ -65,11 +65,15 @@ def clean(client: docker.DockerClient, session: str | None = None, dead_only: bo
     found = Leftovers()
     selector = labels.managed_filter()
 
-    for container in client.containers.list(all=True, filters=selector):
-        if _selected(container.labels, session, dead_only):
-            found.containers.append((container.name, container.labels.get(labels.SESSION, "")))
+    # The list endpoint's summaries carry names and labels, so no per-container inspection can
+    # fail on a container that another session removes in the meantime.
+    for summary in client.api.containers(all=True, filters=selector):
+        container_labels = summary.get("Labels") or {}
+        if _selected(container_labels, session, dead_only):
+            name = (summary.get("Names") or [summary["Id"][:12]])[0].lstrip("/")
+            found.containers.append((name, container_labels.get(labels.SESSION, "")))
             if not dry_run:
-                _ignore_missing(container.remove, force=True, v=True)
+                _ignore_missing(client.api.remove_container, container=summary["Id"], force=True, v=True)
 
     for network in client.networks.list(filters=selector):
         if _selected(network.attrs.get("Labels") or {}, session, dead_only):

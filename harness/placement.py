@@ -89,14 +89,20 @@ def snapshot_engine(client, daemon: str, when: str, watch_paths: tuple[str, ...]
     import os
 
     snapshot = Snapshot(daemon=daemon, when=when)
-    for image in client.images.list():
-        snapshot.images.extend(image.tags)
-    for container in client.containers.list(all=True):
-        attrs = container.attrs
+    # The image list's summaries carry the tags, so unlike docker-py's images.list() nothing is
+    # inspected per image and an image removed meanwhile cannot raise ImageNotFound.
+    for summary in client.api.images():
+        snapshot.images.extend(tag for tag in summary.get("RepoTags") or [] if tag != "<none>:<none>")
+    for summary in client.api.containers(all=True):
+        try:
+            attrs = client.api.inspect_container(summary["Id"])
+        except docker.errors.NotFound:
+            # Another process on the same engine removed it between the listing and the inspection.
+            continue
         if _belongs_to_others(attrs["Config"].get("Labels")):
             continue
         snapshot.containers.append(ContainerRecord(
-            name=container.name, id=container.id[:12], image=attrs["Config"]["Image"],
+            name=attrs["Name"].lstrip("/"), id=attrs["Id"][:12], image=attrs["Config"]["Image"],
             state=attrs["State"]["Status"], network_mode=attrs["HostConfig"].get("NetworkMode", ""),
             labels=dict(attrs["Config"].get("Labels") or {})))
     snapshot.volumes = [v.name for v in client.volumes.list() if not _belongs_to_others(v.attrs.get("Labels"))]
