@@ -146,6 +146,25 @@ def _scenarios(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pod(args: argparse.Namespace) -> int:
+    import time
+
+    from harness import engine
+    from harness.kubernetes_run import PodRun
+    from harness.kubernetes_spec import load_pod
+
+    spec = load_pod(args.file)
+    with PodRun(engine.require_engine(), spec, backoff_scale=args.backoff_scale) as run:
+        log.info("pod %s runs for %d s before the harness reads its daemons and deletes it", spec.name, args.seconds)
+        time.sleep(args.seconds)
+        run.observe()
+    result = run.result()
+    print(result.render())
+    healthy = all(row["state"] == "running" or (row["state"] == "terminated" and row["exit_codes"][-1:] == [0])
+                  for row in result.containers)
+    return 0 if healthy and all(probe.docker_api for probe in result.socket_probes) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with one sub-command per concept."""
     parser = argparse.ArgumentParser(prog="harness", description=__doc__)
@@ -187,6 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
     scenarios_parser = commands.add_parser("scenarios", help="list the bundled scenarios")
     scenarios_parser.add_argument("action", choices=["list"])
     scenarios_parser.set_defaults(handler=_scenarios)
+
+    pod_parser = commands.add_parser("pod", help="run a Kubernetes Pod manifest on the engine as a kubelet would")
+    pod_parser.add_argument("action", choices=["run"])
+    pod_parser.add_argument("file", help="pod manifest (apiVersion: v1, kind: Pod)")
+    pod_parser.add_argument("--seconds", type=int, default=30,
+                            help="how long the pod runs before its daemons are read and it is deleted (default 30)")
+    pod_parser.add_argument("--backoff-scale", type=float, default=1.0,
+                            help="factor on the kubelet's restart back-off of 10 s doubling to 300 s (default 1.0)")
+    pod_parser.set_defaults(handler=_pod)
 
     clean_parser = commands.add_parser("clean", help="remove what dead harness sessions left on the engine")
     clean_parser.add_argument("--dry-run", action="store_true", help="list, remove nothing")

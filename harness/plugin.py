@@ -117,6 +117,34 @@ def run_scenario(scenario_runs, request):
     return run
 
 
+@pytest.fixture
+def run_pod(engine_client):
+    """A callable ``run_pod(manifest, backoff_scale=1.0) -> PodRun`` that starts a Pod manifest.
+
+    Each pod, its emptyDir volumes, the pull mirror of a dind pod and what a DooD pod left on the
+    node are removed at teardown, also when the test fails. Example::
+
+        def test_dind_pod(run_pod):
+            run = run_pod("scenarios/k8s-dind/pod.yaml", backoff_scale=0.1)
+            run.pod.wait_for(lambda: run.pod.statuses["docker-cmds"].restarts >= 1, 30, "a restart")
+            run.observe()
+            run.result().placement.image("httpd:latest").in_daemon("dind:dind-daemon")
+    """
+    from harness.kubernetes_run import PodRun
+    from harness.kubernetes_spec import load_pod
+
+    runs = []
+
+    def start(manifest, backoff_scale: float = 1.0):
+        run = PodRun(engine_client, load_pod(manifest), backoff_scale).__enter__()
+        runs.append(run)
+        return run
+
+    yield start
+    for run in runs:
+        run.close()
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = yield

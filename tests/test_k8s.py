@@ -6,7 +6,11 @@ happen within the suite's time budget. The kubelet's timing is ``backoff_scale=1
 
 from __future__ import annotations
 
+import os
+import secrets
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -288,3 +292,28 @@ def test_probe_on_non_docker_socket(tmp_path):
     # Catches a probe that takes any listening socket for the Docker API.
     assert ok is False
     assert "no Docker reply" in reason or "failed" in reason
+
+
+@pytest.mark.engine
+def test_run_pod_fixture_starts_manifest(run_pod):
+    run = run_pod(SCENARIOS / "k8s-d20-no-docker-socket" / "pod.yaml", backoff_scale=BACKOFF_SCALE)
+    # Catches a fixture that hands back a pod that is not started.
+    assert run.pod.statuses["docker-cmds"].id
+    assert [probe.docker_api for probe in run.socket_probes] == [False]
+
+
+@pytest.mark.engine
+def test_cli_pod_run_prints_restarts(engine_client):
+    # A separate process with its own session id, because the command removes its session's
+    # resources when it exits.
+    environment = {**os.environ, "HARNESS_SESSION_ID": secrets.token_hex(4)}
+    manifest = SCENARIOS / "k8s-d20-no-docker-socket" / "pod.yaml"
+    process = subprocess.run([sys.executable, "-m", "harness.cli", "pod", "run", str(manifest), "--seconds", "4",
+                              "--backoff-scale", str(BACKOFF_SCALE)],
+                             env=environment, capture_output=True, text=True, timeout=120)
+    # Catches a command that hides the crash loop or reports a node without Docker API as healthy.
+    assert process.returncode == 1, process.stderr
+    assert "RESTARTS" in process.stdout
+    assert "docker-cmds" in process.stdout
+    assert "the node has no Docker API" in process.stdout
+    assert "placement (k8s):" in process.stdout
