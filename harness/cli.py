@@ -98,23 +98,57 @@ def _parse_variables(pairs: list[str], masked: bool) -> list:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from harness import engine, run, scenario
+    results = _run_modes(args)
+    return 0 if all(result.succeeded for result in results) else 1
 
-    loaded = scenario.load_scenario(args.scenario)
-    modes = list(loaded.modes) if args.mode == "both" else [args.mode]
+
+def _run_modes(args: argparse.Namespace) -> list:
+    """Run the scenario, or the user's own pipeline, in every selected mode and print each result."""
+    from harness import engine, run
+
+    loaded, modes = _scenario_and_modes(args)
     options = run.RunOptions(in_process=args.debug_in_process, branch=args.branch,
-                             variables=_parse_variables(args.var, False) + _parse_variables(args.masked_var, True))
+                             variables=_parse_variables(args.var, False) + _parse_variables(args.masked_var, True),
+                             jobs=tuple(getattr(args, "job", ())))
     client = engine.require_engine()
 
     # Every mode's inputs are checked first, so a mistake in the last mode is reported before the
     # first mode has started anything.
     inputs = {mode: run.check_inputs(client, loaded, mode, options) for mode in modes}
-    failed = False
+    results = []
     for mode in modes:
         result = run.run_scenario(client, loaded, mode, options, inputs=inputs[mode])
         print(_report(result, show_traces=args.show_traces))
-        failed = failed or not result.succeeded
-    return 1 if failed else 0
+        results.append(result)
+    return results
+
+
+def _scenario_and_modes(args: argparse.Namespace) -> tuple:
+    """Return the scenario to run and its modes, from a scenario folder or from --pipeline and friends."""
+    from harness import own_pipeline, scenario
+    from harness.errors import InputError
+
+    own = any(getattr(args, option, None) for option in ("pipeline", "runner_config", "project"))
+    if own and args.scenario:
+        raise InputError("command line", "scenario", "given together with --pipeline, --runner-config or --project",
+                         "pass either a scenario folder or your own files, not both")
+    if own:
+        return own_pipeline.scenario_from_arguments(args)
+    if not args.scenario:
+        raise InputError("command line", "scenario", "missing",
+                         "pass a scenario folder or name, or --pipeline, --runner-config and --project")
+    loaded = scenario.load_scenario(args.scenario)
+    return loaded, list(loaded.modes) if args.mode == "both" else [args.mode]
+
+
+def _write_report(args: argparse.Namespace) -> int:
+    from harness import report
+
+    results = _run_modes(args)
+    title = f"Placement report: {results[0].scenario}" if results else "Placement report"
+    path = report.write_report(results, args.output, title=title)
+    print(f"placement report written to {path}")
+    return 0 if all(result.succeeded for result in results) else 1
 
 
 def _report(result, show_traces: bool) -> str:
@@ -129,7 +163,7 @@ def _report(result, show_traces: bool) -> str:
 
 def _demo(args: argparse.Namespace) -> int:
     args.scenario, args.mode, args.var, args.masked_var, args.branch = "seed", "both", [], [], None
-    args.debug_in_process = False
+    args.debug_in_process, args.job = False, []
     return _run(args)
 
 
@@ -185,19 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
                                help="pull the real upstream images instead of building stand-ins")
     images_parser.set_defaults(handler=_images)
 
-    run_parser = commands.add_parser("run", help="run a scenario's pipeline and print where things ended up")
-    run_parser.add_argument("scenario", help="scenario folder, or a name under scenarios/")
-    run_parser.add_argument("--mode", default="both",
-                            help="a mode name of the scenario (such as dind or dood), or both for every mode")
-    run_parser.add_argument("--var", action="append", default=[], metavar="KEY=VALUE",
-                            help="extra project variable (repeatable)")
-    run_parser.add_argument("--masked-var", action="append", default=[], metavar="KEY=VALUE",
-                            help="extra masked project variable, hidden in traces (repeatable)")
-    run_parser.add_argument("--branch", help="run the pipeline for this branch (default: the scenario's)")
-    run_parser.add_argument("--show-traces", action="store_true", help="print every job's trace")
-    run_parser.add_argument("--debug-in-process", action="store_true",
-                            help="run the executor in this process instead of a runner container")
+    run_parser = commands.add_parser("run", help="run a scenario's pipeline, or your own, and print where things ended up")
+    _add_run_arguments(run_parser)
     run_parser.set_defaults(handler=_run)
+
+    report_parser = commands.add_parser("report", help="run like `run` and write an HTML placement report")
+    _add_run_arguments(report_parser)
+    report_parser.add_argument("-o", "--output", default="placement-report.html", metavar="FILE.html",
+                               help="where to write the report (default: placement-report.html)")
+    report_parser.set_defaults(handler=_write_report)
 
     demo_parser = commands.add_parser("demo", help="run the seed pipeline in DinD and DooD")
     demo_parser.add_argument("--show-traces", action="store_true", help="print every job's trace")
@@ -223,6 +253,30 @@ def build_parser() -> argparse.ArgumentParser:
     clean_parser.add_argument("--session", help="only this session id")
     clean_parser.set_defaults(handler=_clean)
     return parser
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("scenario", nargs="?", help="scenario folder, or a name under scenarios/")
+    parser.add_argument("--mode", default="both",
+                        help="a mode name of the scenario (such as dind or dood), or both for every mode")
+    parser.add_argument("--var", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra project variable (repeatable)")
+    parser.add_argument("--masked-var", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra masked project variable, hidden in traces (repeatable)")
+    parser.add_argument("--branch", help="run the pipeline for this branch (default: the scenario's)")
+    parser.add_argument("--show-traces", action="store_true", help="print every job's trace")
+    parser.add_argument("--debug-in-process", action="store_true",
+                        help="run the executor in this process instead of a runner container")
+    own = parser.add_argument_group("your own pipeline (instead of a scenario)")
+    own.add_argument("--pipeline", action="append", default=[], metavar="[MODE=]PATH",
+                     help="your .gitlab-ci.yml; MODE=PATH gives one per mode (dind, dood)")
+    own.add_argument("--runner-config", action="append", default=[], metavar="[MODE=]PATH",
+                     help="your runner config.toml; --mode both needs dind=PATH and dood=PATH")
+    own.add_argument("--project", metavar="DIR", help="the folder committed as the project's repository")
+    own.add_argument("--watch", action="append", default=[], metavar="PATH",
+                     help="absolute directory listed on every daemon and in job containers (repeatable)")
+    parser.add_argument("--job", action="append", default=[], metavar="NAME",
+                        help="run only this job, report the others as skipped (repeatable)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,9 +63,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "(default: DOCKER_HOST or the default socket)")
     group.addoption("--harness-pull-policy", choices=["if-not-present", "never", "always"], default=None,
                     help="override every runner config's pull_policy (default: the config's own)")
+    group.addoption("--harness-pipeline", action="append", default=[], metavar="[MODE=]PATH",
+                    help="your .gitlab-ci.yml for the own_pipeline fixture; MODE=PATH once per mode")
+    group.addoption("--harness-runner-config", action="append", default=[], metavar="[MODE=]PATH",
+                    help="your runner config.toml for the own_pipeline fixture; dind=PATH and dood=PATH")
+    group.addoption("--harness-project", metavar="DIR", default=None,
+                    help="your project folder for the own_pipeline fixture (relative paths: to the rootdir)")
+    group.addoption("--harness-report", metavar="FILE.html", default=None,
+                    help="write an HTML placement report of every pipeline run in the session")
 
 
 _RESULTS_KEY = pytest.StashKey[list]()
+_RUNS_KEY = pytest.StashKey["ScenarioRuns"]()
 
 
 class ScenarioRuns:
@@ -78,6 +87,7 @@ class ScenarioRuns:
         self.client = client
         self.config = config
         self._cache: dict[tuple[str, str], object] = {}
+        config.stash[_RUNS_KEY] = self
 
     def __call__(self, scenario: str, mode: str):
         from harness import run
@@ -85,10 +95,30 @@ class ScenarioRuns:
 
         key = (scenario, mode)
         if key not in self._cache:
-            options = run.RunOptions(in_process=self.config.getoption("--harness-in-process"),
-                                     pull_policy=self.config.getoption("--harness-pull-policy"))
-            self._cache[key] = run.run_scenario(self.client, load_scenario(scenario), mode, options)
+            self._cache[key] = run.run_scenario(self.client, load_scenario(scenario), mode, self._options())
         return self._cache[key]
+
+    def own(self, mode: str):
+        """Run the pipeline named by ``--harness-pipeline`` and friends in ``mode``, once per session."""
+        from harness import own_pipeline, run
+
+        key = ("--harness-pipeline", mode)
+        if key not in self._cache:
+            scenario = own_pipeline.scenario_from_options(
+                self.config.getoption("--harness-pipeline"), self.config.getoption("--harness-runner-config"),
+                self.config.getoption("--harness-project"), self.config.rootpath, mode)
+            self._cache[key] = run.run_scenario(self.client, scenario, mode, self._options())
+        return self._cache[key]
+
+    def results(self) -> list:
+        """Return every run of this session, in the order they ran."""
+        return list(self._cache.values())
+
+    def _options(self):
+        from harness import run
+
+        return run.RunOptions(in_process=self.config.getoption("--harness-in-process"),
+                              pull_policy=self.config.getoption("--harness-pull-policy"))
 
 
 @pytest.fixture(scope="session")
@@ -107,14 +137,49 @@ def run_scenario(scenario_runs, request):
             result = run_scenario("seed", "dind")
             result.placement.image("registry.example.com/app:1").only_in("dind")
     """
-    used: list = request.node.stash.setdefault(_RESULTS_KEY, [])
-
     def run(scenario: str, mode: str):
-        result = scenario_runs(scenario, mode)
-        used.append(result)
-        return result
+        return _used(request, scenario_runs(scenario, mode))
 
     return run
+
+
+@pytest.fixture
+def own_pipeline(scenario_runs, request):
+    """Run (or reuse) your own pipeline in a mode: ``own_pipeline("dind") -> RunResult``.
+
+    The files come from ``--harness-pipeline``, ``--harness-runner-config`` and
+    ``--harness-project``, for example in your repository's ``pytest.ini`` ``addopts``.
+    """
+    from harness.errors import InputError
+
+    def run(mode: str):
+        try:
+            return _used(request, scenario_runs.own(mode))
+        except InputError as error:
+            pytest.fail(str(error), pytrace=False)
+
+    return run
+
+
+def _used(request, result):
+    """Attach ``result`` to the test: traces on failure, placement as JUnit XML properties."""
+    from harness.report import placement_properties
+
+    used: list = request.node.stash.setdefault(_RESULTS_KEY, [])
+    if result not in used:
+        used.append(result)
+        request.node.user_properties.extend(placement_properties(result))
+    return result
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    path = session.config.getoption("--harness-report", default=None)
+    runs = session.config.stash.get(_RUNS_KEY, None)
+    if not path or runs is None or not runs.results():
+        return
+    from harness.report import write_report
+
+    write_report(runs.results(), session.config.rootpath / path, title="Placement report")
 
 
 @pytest.fixture

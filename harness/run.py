@@ -48,6 +48,10 @@ class JobResult:
     trace: str = ""
     duration: float = 0.0
     details: dict = field(default_factory=dict)
+    # Wall-clock start (epoch seconds): the executor's stage timings are durations only.
+    started_at: float = 0.0
+    docker_host: str = ""
+    reason: str = ""
 
 
 @dataclass
@@ -61,6 +65,8 @@ class RunResult:
     registry_tags: dict[str, list[str]] = field(default_factory=dict)
     registry_log: str = ""
     secrets: list[str] = field(default_factory=list, repr=False)
+    # The runner's ``[runners.docker] volumes``, which tell whether jobs see the host socket.
+    runner_volumes: list[str] = field(default_factory=list)
 
     @property
     def succeeded(self) -> bool:
@@ -91,7 +97,8 @@ class RunResult:
         lines = [f"jobs ({self.mode}):"]
         for job in self.jobs:
             code = "" if job.exit_code is None else f" (exit {job.exit_code})"
-            lines.append(f"  {job.stage:<8} {job.name.ljust(width)}  {job.status}{code}  {job.duration:.1f} s")
+            reason = f" ({job.reason})" if job.reason else ""
+            lines.append(f"  {job.stage:<8} {job.name.ljust(width)}  {job.status}{code}{reason}  {job.duration:.1f} s")
         return "\n".join(lines)
 
 
@@ -103,6 +110,8 @@ class RunOptions:
     pull_policy: str | None = None
     variables: list[Variable] = field(default_factory=list)
     branch: str | None = None
+    # Only these jobs run when not empty; the others are reported as skipped.
+    jobs: tuple[str, ...] = ()
 
 
 def run_scenario(client: docker.DockerClient, scenario: Scenario, mode: str,
@@ -139,6 +148,7 @@ def check_inputs(client: docker.DockerClient, scenario: Scenario, mode: str,
     pipeline = load_pipeline(files.pipeline)
     config = load_runner_config(files.runner_config)
     scenario.check_branch(options.branch)
+    _check_job_names(pipeline, files.pipeline, options.jobs)
 
     runner_key = f"runners[{config.selected}].docker"
     wanted = [(files.runner_config, f"{runner_key}.services[{index}].name", service.name)
@@ -174,6 +184,14 @@ def check_inputs(client: docker.DockerClient, scenario: Scenario, mode: str,
             raise InputError(path, key, f'image "{image}" does not exist on the engine and cannot be pulled here',
                              "run `harness images build` or name a stand-in (`harness images list`)")
     return pipeline, config
+
+
+def _check_job_names(pipeline: Pipeline, path, names: tuple[str, ...]) -> None:
+    known = [job.name for job in pipeline.jobs]
+    for name in names:
+        if name not in known:
+            raise InputError(path, f"--job {name}", "no such job in the pipeline",
+                             f"name one of: {', '.join(known)}")
 
 
 def _image_exists(client, reference: str) -> bool:
@@ -216,7 +234,8 @@ class _Session:
         jobs = self._run_stages(runner, compiled, snapshots)
 
         result = RunResult(self.scenario.name, self.mode, jobs,
-                           placement_module.Placement(self.mode, baseline, snapshots), secrets=self.secrets)
+                           placement_module.Placement(self.mode, baseline, snapshots), secrets=self.secrets,
+                           runner_volumes=list(config.docker.volumes))
         if self.registry is not None:
             result.registry_tags = self.registry.tags()
             result.registry_log = mask(self.registry.logs(tail="all"), self.secrets)
@@ -262,8 +281,12 @@ class _Session:
         failed = False
         for stage in compiled.stages:
             for job in (j for j in compiled.jobs if j.stage == stage):
+                if self.options.jobs and job.name not in self.options.jobs:
+                    results.append(JobResult(job.name, stage, "skipped", reason="not selected by --job"))
+                    continue
                 if not _should_run(job, failed):
-                    results.append(JobResult(job.name, stage, "skipped"))
+                    results.append(JobResult(job.name, stage, "skipped", reason=f"when: {job.when}"
+                                             if job.when in ("never", "manual", "on_failure") else "an earlier job failed"))
                     continue
                 result = self._run_job(runner, job, snapshots)
                 results.append(result)
@@ -273,6 +296,7 @@ class _Session:
     def _run_job(self, runner, job: CompiledJob, snapshots) -> JobResult:
         log.info("job %s (stage %s) starting in %s mode", job.name, job.stage, self.mode)
         started = time.monotonic()
+        started_at = time.time()
         chunks: list[str] = []
         details = runner.run_job(job.payload, chunks.append)
         trace = mask("".join(chunks), self.secrets)
@@ -282,7 +306,7 @@ class _Session:
         snapshots.append(placement_module.snapshot_engine(self.client, placement_module.HOST,
                                                           f"after {job.name}", self.scenario.watch_paths))
         result = JobResult(job.name, job.stage, details.get("status", "failed"), details.get("exit_code"),
-                           trace, time.monotonic() - started, details)
+                           trace, time.monotonic() - started, details, started_at, _docker_host(job.payload))
         log.info("job %s finished: %s in %.1f s", job.name, result.status, result.duration)
         return result
 
@@ -316,6 +340,14 @@ def _with_pull_policy(config: RunnerConfig, policy: str) -> RunnerConfig:
     runners = tuple(dataclasses.replace(runner, docker=dataclasses.replace(runner.docker, pull_policy=(policy,)))
                     for runner in config.runners)
     return dataclasses.replace(config, runners=runners)
+
+
+def _docker_host(payload: dict) -> str:
+    """Return the job's ``DOCKER_HOST`` variable, or "" when the job sets none."""
+    for variable in payload.get("variables", []):
+        if variable.get("key") == "DOCKER_HOST":
+            return str(variable.get("value", ""))
+    return ""
 
 
 def _should_run(job: CompiledJob, failed: bool) -> bool:
