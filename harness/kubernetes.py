@@ -74,7 +74,7 @@ class Pod:
 
     def __init__(self, client: docker.DockerClient, spec: PodSpec, backoff_scale: float = 1.0,
                  extra_binds: tuple[str, ...] = ()) -> None:
-        self.client = docker.from_env(timeout=API_TIMEOUT) if client is not None else None
+        self.client = docker.from_env(timeout=API_TIMEOUT)
         self.spec = spec
         self.backoff_scale = backoff_scale
         self.extra_binds = extra_binds
@@ -115,7 +115,7 @@ class Pod:
             PAUSE_IMAGE, name=self._name("POD"), detach=True, hostname=self.spec.name,
             extra_hosts={host: ip for host, ip in self.spec.host_aliases} or None,
             ipc_mode="shareable", labels=self._labels("pause"))
-        log.info("pod %s: pause container %s holds the network and IPC namespaces", self.spec.name,
+        log.info("pod %s: pause container %s owns the network and IPC namespaces", self.spec.name,
                  self.pause.short_id)
 
         for container in self.spec.containers:
