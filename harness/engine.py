@@ -36,6 +36,7 @@ WRAPPER_NAME = "harness-runc"
 WRAPPER_PATH = Path("/usr/local/lib/dind-dood-harness/runc-capfilter")
 PROBE_IMAGE = "dind-dood-harness/probe:busybox"
 CAPS_ERROR = "unable to apply caps"
+API_TIMEOUT_SECONDS = 300
 HOSTS_FILE = Path("/etc/hosts")
 HUB_BLOCK = "# dind-dood-harness: no Docker Hub"
 # Names dockerd contacts to pull from Docker Hub; mapped to loopback so that a pull fails here.
@@ -81,6 +82,10 @@ def connect(timeout: float = 5) -> docker.DockerClient | None:
     except (docker.errors.DockerException, OSError) as error:
         log.debug("no engine responds: %s", error)
         return None
+
+    # The short timeout only decides whether an engine is there; a busy engine (image pushes,
+    # several sessions at once) can take far longer than that to answer a listing.
+    client.api.timeout = API_TIMEOUT_SECONDS
     return client
 
 
