@@ -48,7 +48,7 @@ class Expectation:
         return not self.modes or mode in self.modes
 
     def describe(self) -> str:
-        """Return the entry in one line, such as ``expect[2]: job Test status = failed``."""
+        """Return the entry in one line, such as ``expect[2]: job 'Test': status = 'failed'``."""
         checks = ", ".join(f"{key} = {value!r}" for key, value in self.checks)
         return f"expect[{self.index}]: {self.subject} {self.target!r}: {checks}"
 
@@ -149,7 +149,7 @@ def _check_value(path: Path, key: str, kind: str, value: object) -> object:
 
 
 def evaluate(expectations, result) -> list[Failure]:
-    """Check every expectation that applies to ``result.mode``; return the unmet checks.
+    """Check every expectation that applies to ``result.mode`` and return the unmet checks.
 
     Reads only the RunResult (job results, placement snapshots, registry tags), so nothing on
     any daemon changes.
