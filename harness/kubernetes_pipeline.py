@@ -15,6 +15,7 @@ from pathlib import Path
 
 import docker
 
+from harness.kubernetes import API_TIMEOUT
 from harness.kubernetes_node import snapshot_node
 from harness.kubernetes_executor import JobPodResult, KubernetesExecutor
 from harness.pipeline import compile_pipeline, load_pipeline
@@ -51,7 +52,10 @@ def run_pipeline_in_pods(client: docker.DockerClient, scenario: Scenario, mode: 
     A failed job stops the later stages, as GitLab does without ``allow_failure``.
     """
     files = scenario.mode_files(mode)
+    # Pushing node:18 to the mirror takes longer than the harness client's 5 s on a loaded engine.
+    client = docker.from_env(timeout=API_TIMEOUT)
     with contextlib.ExitStack() as stack:
+        stack.callback(client.close)
         work_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="harness-project-"))
         project = Project.from_directory(scenario.project_dir, scenario.namespace, scenario.project_name,
                                          branch=scenario.branch, work_dir=Path(work_dir))
