@@ -21,6 +21,7 @@ from pathlib import Path
 import docker
 
 from harness import placement as placement_module
+from harness import stage_jobs
 from harness.errors import InputError
 from harness.pipeline import CompiledJob, Pipeline, compile_pipeline, load_pipeline
 from harness.project import Project
@@ -32,6 +33,10 @@ from harness.scenario import Scenario
 from harness.variables import Variable, mask
 
 log = logging.getLogger(__name__)
+
+# Job ids are pipeline_id * JOBS_PER_PIPELINE + n, which stays below 2**31 with these bounds.
+JOBS_PER_PIPELINE = 1000
+MAX_PIPELINE_ID = 2_000_000
 
 # One request in the registry's access log: ... "GET /v2/<name>/manifests/<tag> HTTP/1.1" 200 ...
 _ACCESS_LINE = re.compile(r'"(GET|HEAD|PUT|POST|PATCH|DELETE) (/v2/\S*) HTTP/[\d.]+" (\d{3})')
@@ -222,8 +227,10 @@ class _Session:
         variables, wiring = self._registry_and_mirror()
         variables += [Variable(key, value, masked=False, public=False)
                       for key, value in self.scenario.mode_files(self.mode).variables]
+        pipeline_id = _new_pipeline_id()
         compiled = compile_pipeline(pipeline, project, branch=self.options.branch or self.scenario.branch,
-                                    variables=[*variables, *self.options.variables])
+                                    variables=[*variables, *self.options.variables],
+                                    pipeline_id=pipeline_id, first_job_id=pipeline_id * JOBS_PER_PIPELINE + 1)
         self.secrets = [v.value for v in [*variables, *self.options.variables] if v.masked]
 
         baseline = placement_module.snapshot_engine(self.client, placement_module.HOST, "before the pipeline",
@@ -231,7 +238,7 @@ class _Session:
         self.stack.callback(self._remove_what_jobs_left, baseline)
         runner = self._runner(config, wiring, project)
         snapshots: list[placement_module.Snapshot] = []
-        jobs = self._run_stages(runner, compiled, snapshots)
+        jobs = self._run_stages(runner, compiled, snapshots, config.concurrent)
 
         result = RunResult(self.scenario.name, self.mode, jobs,
                            placement_module.Placement(self.mode, baseline, snapshots), secrets=self.secrets,
@@ -276,29 +283,56 @@ class _Session:
         self.stack.callback(runner.close)
         return runner
 
-    def _run_stages(self, runner, compiled, snapshots) -> list[JobResult]:
+    def _run_stages(self, runner, compiled, snapshots, concurrent: int = 1) -> list[JobResult]:
         results: list[JobResult] = []
         failed = False
         for stage in compiled.stages:
+            if concurrent > 1:
+                stage_results = self._run_stage_at_once(runner, compiled, stage, snapshots, failed, concurrent)
+                results += stage_results
+                failed = failed or any(result.status not in ("success", "skipped") and not job.allow_failure
+                                       for result, job in zip(stage_results, _stage_jobs(compiled, stage)))
+                continue
             for job in (j for j in compiled.jobs if j.stage == stage):
-                if self.options.jobs and job.name not in self.options.jobs:
-                    results.append(JobResult(job.name, stage, "skipped", reason="not selected by --job"))
-                    continue
-                if not _should_run(job, failed):
-                    results.append(JobResult(job.name, stage, "skipped", reason=f"when: {job.when}"
-                                             if job.when in ("never", "manual", "on_failure") else "an earlier job failed"))
+                reason = self._skip_reason(job, failed)
+                if reason:
+                    results.append(JobResult(job.name, stage, "skipped", reason=reason))
                     continue
                 result = self._run_job(runner, job, snapshots)
                 results.append(result)
                 failed = failed or (result.status != "success" and not job.allow_failure)
         return results
 
-    def _run_job(self, runner, job: CompiledJob, snapshots) -> JobResult:
+    def _run_stage_at_once(self, runner, compiled, stage: str, snapshots, failed: bool,
+                           concurrent: int) -> list[JobResult]:
+        """Run the jobs of ``stage`` in up to ``concurrent`` runner slots at once (``concurrent = N``).
+
+        As in GitLab, jobs of one stage do not wait for each other, so a failure in the stage
+        affects only later stages.
+        """
+        jobs = _stage_jobs(compiled, stage)
+        reasons = {job.name: self._skip_reason(job, failed) for job in jobs}
+        runnable = [job for job in jobs if not reasons[job.name]]
+        finished = stage_jobs.run_stage(
+            runnable, lambda job, slot: self._run_job(runner, job, snapshots, slot), concurrent)
+        by_name = {result.name: result for result in finished}
+        return [by_name.get(job.name) or JobResult(job.name, stage, "skipped", reason=reasons[job.name])
+                for job in jobs]
+
+    def _skip_reason(self, job: CompiledJob, failed: bool) -> str:
+        """Return why ``job`` does not run ("" when it runs): --job selection, ``when``, or a failure."""
+        if self.options.jobs and job.name not in self.options.jobs:
+            return "not selected by --job"
+        if _should_run(job, failed):
+            return ""
+        return f"when: {job.when}" if job.when in ("never", "manual", "on_failure") else "an earlier job failed"
+
+    def _run_job(self, runner, job: CompiledJob, snapshots, concurrent_id: int = 0) -> JobResult:
         log.info("job %s (stage %s) starting in %s mode", job.name, job.stage, self.mode)
         started = time.monotonic()
         started_at = time.time()
         chunks: list[str] = []
-        details = runner.run_job(job.payload, chunks.append)
+        details = runner.run_job(job.payload, chunks.append, concurrent_id=concurrent_id)
         trace = mask("".join(chunks), self.secrets)
 
         for observed in details.get("snapshots", []):
@@ -348,6 +382,19 @@ def _docker_host(payload: dict) -> str:
         if variable.get("key") == "DOCKER_HOST":
             return str(variable.get("value", ""))
     return ""
+
+
+def _new_pipeline_id() -> int:
+    """Return a random pipeline id, so that two sessions on one engine never reuse job ids.
+
+    GitLab's job ids are unique across its instance, and the runner puts them into per-build
+    network names, so sessions that both counted from 1 would collide there.
+    """
+    return 1000 + secrets.randbelow(MAX_PIPELINE_ID - 1000)
+
+
+def _stage_jobs(compiled, stage: str) -> list[CompiledJob]:
+    return [job for job in compiled.jobs if job.stage == stage]
 
 
 def _should_run(job: CompiledJob, failed: bool) -> bool:
