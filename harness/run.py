@@ -1,9 +1,10 @@
 """Run a scenario's pipeline in one mode and collect job results and placement.
 
-The steps, in order: read every input file (nothing is created when one is invalid), check that
-every image exists, commit the project, start the registry (and, in DinD, the pull mirror), wire
-them into the runner config the way a runner admin would, start the runner container, run the
-jobs stage by stage with a host snapshot after each job, then tear everything down again.
+First every input file is read and every image is checked, so nothing is created when one is
+invalid. Then the project is committed and the registry started (in DinD also the pull mirror),
+and both are wired into the runner config the way a runner admin would do it. The runner
+container then runs the jobs stage by stage, with a host snapshot after each job. At the end
+everything the run created is torn down again.
 """
 
 from __future__ import annotations
