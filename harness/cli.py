@@ -23,7 +23,7 @@ def _engine(args: argparse.Namespace) -> int:
     if args.action == "up":
         engine.up()
     elif args.action == "down":
-        if not engine.stop_dockerd():
+        if not engine.down():
             print("no harness-started dockerd is running")
     return _engine_status()
 

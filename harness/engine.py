@@ -84,7 +84,7 @@ def connect(timeout: float = 5) -> docker.DockerClient | None:
         return None
 
     # The short timeout only decides whether an engine is there; a busy engine (image pushes,
-    # several sessions at once) can take far longer than that to answer a listing.
+    # several sessions at once) can take far longer than that to return a listing.
     client.api.timeout = API_TIMEOUT_SECONDS
     return client
 
@@ -110,7 +110,7 @@ class ProbeResult:
 
 @dataclass
 class EngineStatus:
-    """What ``harness engine status`` and ``harness doctor`` report about the engine."""
+    """The engine facts that ``harness engine status`` and ``harness doctor`` report."""
 
     running: bool
     started_by_harness: bool
@@ -170,7 +170,7 @@ def offline_guard_enabled() -> bool:
     """Return whether the harness-started engine is kept from contacting any registry off this machine.
 
     On by default, because these machines reach no container registry and traffic to outside
-    addresses must never be attempted; ``HARNESS_ALLOW_PULLS=1`` turns it off for machines that
+    addresses must never be attempted. ``HARNESS_ALLOW_PULLS=1`` turns it off for machines that
     may pull real images.
     """
     return os.environ.get("HARNESS_ALLOW_PULLS", "") not in ("1", "true", "yes")
@@ -229,7 +229,7 @@ def start_dockerd(with_wrapper: bool, timeout: float = 60) -> docker.DockerClien
     """Start dockerd in the background, detached from this process, and wait until it responds.
 
     Raises:
-        ReadinessTimeout: dockerd did not answer ``/_ping`` in time; the message carries its log tail.
+        ReadinessTimeout: dockerd did not respond to ``/_ping`` in time, and the message carries its log tail.
     """
     engine_dir().mkdir(parents=True, exist_ok=True)
     config = _write_daemon_config(with_wrapper)
@@ -263,12 +263,21 @@ def stop_dockerd(timeout: float = 30) -> bool:
     while time.monotonic() < deadline:
         if _dockerd_pid() is None:
             log.info("dockerd (pid %d) stopped", pid)
-            remove_hub_block()
             return True
         time.sleep(0.2)
 
     raise EngineError(f"dockerd (pid {pid}) did not stop within {timeout:.0f} s",
                       f"kill it by hand: kill -9 {pid}")
+
+
+def down() -> bool:
+    """Stop the harness-started dockerd and remove the Docker Hub line from /etc/hosts.
+
+    Returns False when no harness-started dockerd was running.
+    """
+    stopped = stop_dockerd()
+    remove_hub_block()
+    return stopped
 
 
 def _ensure_probe_image(client: docker.DockerClient) -> str:
@@ -320,6 +329,9 @@ def up() -> docker.DockerClient:
     client = connect()
     if client is None:
         install_engine_packages()
+        # Before dockerd starts, because its resolver reads /etc/hosts again only every few seconds.
+        if offline_guard_enabled():
+            install_hub_block()
         client = start_dockerd(with_wrapper=False)
 
     probe = probe_privileged(client)
