@@ -16,6 +16,7 @@ import logging
 import re
 import secrets
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -278,7 +279,8 @@ class _Session:
         return result
 
     def _project(self) -> Project:
-        work_dir = Path(self.stack.enter_context(_temporary_directory("harness-project-")))
+        work_dir = Path(self.stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="harness-project-", ignore_cleanup_errors=True)))
         return Project.from_directory(self.scenario.project_dir, self.scenario.namespace,
                                       self.scenario.project_name, branch=self.scenario.branch,
                                       work_dir=work_dir)
@@ -376,9 +378,9 @@ class _Session:
         """Remove containers, images and watched paths that jobs created on the host engine.
 
         In DooD a job's own ``docker run`` leaves containers on the host that carry no harness
-        label; they are found by comparing with the snapshot taken before the first job.
-        NOTE: anything another process creates on the same engine during the run is removed too;
-        a disposable sandbox engine per session would remove that risk.
+        label. They are found by comparing with the snapshot taken before the first job.
+        NOTE: anything another process creates on the same engine during the run is removed too.
+        A disposable sandbox engine per session would remove that risk.
         """
         final = placement_module.snapshot_engine(self.client, placement_module.HOST, "teardown",
                                                  self.scenario.watch_paths)
@@ -456,14 +458,3 @@ def _ignore_missing(remove) -> None:
         remove()
     except docker.errors.NotFound:
         pass
-
-
-@contextlib.contextmanager
-def _temporary_directory(prefix: str):
-    import tempfile
-
-    path = tempfile.mkdtemp(prefix=prefix)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
