@@ -1,9 +1,9 @@
 """Where images, containers, volumes and networks ended up: snapshots of each daemon, and assertions.
 
 A snapshot lists one daemon's images, containers, volumes and networks at one moment. The host
-engine is read through the Docker API; a dind service's daemon is read through ``docker exec`` into
-the service container (its inner unix socket), so TLS and ports do not matter and the reading
-works right before the runner removes the service. This module is also imported inside the runner
+engine is read through the Docker API. A dind service's daemon is read through ``docker exec``
+into the service container, over its inner unix socket, so TLS and ports do not matter. That
+reading works right up to the moment the runner removes the service. This module is also imported inside the runner
 container, so it uses only the standard library and docker-py calls that version 5 has.
 
 Daemon names: ``host`` for the engine the runner container runs on, ``dind:<job>`` for the dind
@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import tarfile
 from dataclasses import asdict, dataclass, field
 
@@ -83,10 +84,9 @@ def snapshot_engine(client, daemon: str, when: str, watch_paths: tuple[str, ...]
     """Read images, containers, volumes and networks of the engine behind ``client``.
 
     Resources of other harness sessions and this session's registry and runner containers are
-    left out. ``watch_paths`` are host paths; each is listed (file names only) when it exists on
-    the machine running this code, so it is meaningful only for the host engine read from the host.
+    left out. ``watch_paths`` are host paths. Each is listed (file names only) when it exists on
+    the machine running this code, so the listing is meaningful only for the host engine.
     """
-    import os
 
     snapshot = Snapshot(daemon=daemon, when=when)
     # The image list's summaries carry the tags, so unlike docker-py's images.list() nothing is
@@ -130,7 +130,7 @@ def snapshot_dind(client, service_container_id: str, daemon: str, when: str,
     are listed inside the service container's filesystem.
 
     Raises:
-        RuntimeError: the service's daemon did not answer (the exit code and output are included).
+        RuntimeError: the service's daemon did not respond (the exit code and output are included).
     """
     container = client.containers.get(service_container_id)
     command = ["env", "-u", "DOCKER_HOST", "-u", "DOCKER_TLS_VERIFY", "-u", "DOCKER_CERT_PATH",
@@ -215,7 +215,7 @@ class Appearance:
 
 
 class Placement:
-    """What appeared where during one pipeline run, with assertions that read like the field.
+    """The resources that appeared on each daemon during one pipeline run, with field-style assertions.
 
     Built from the host engine's baseline (before the first job), the host snapshots taken after
     each job, and the snapshots of each dind service taken right before the runner removed it.
@@ -383,7 +383,7 @@ class PathQuery(_Query):
     kind = "path"
 
     def has_files_in(self, selector: str) -> "PathQuery":
-        """Assert the path holds at least one file on a daemon (or container) matching ``selector``."""
+        """Assert the path contains at least one file on a daemon (or container) matching ``selector``."""
         __tracebackhide__ = True
         for appearance in self.placement.appearances():
             if appearance.kind == "path" and appearance.name == self.name and _matches(appearance.daemon, selector) \
@@ -403,9 +403,9 @@ class PathQuery(_Query):
 
 
 class PlacementObserver:
-    """Executor hooks that read what a job's containers hold right before the runner removes them.
+    """Executor hooks that read what a job's containers contain right before the runner removes them.
 
-    For each service: its daemon as ``dind:<job>`` when ``docker`` answers inside it, and the
+    For each service: its daemon as ``dind:<job>`` when ``docker`` responds inside it, and the
     watched paths in its filesystem as ``service:<job>``. For the build container: the watched
     paths as ``job:<job>``. A job with several services gets ``:<alias>`` appended per service.
     """

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    import docker
 
 MARKERS = {
     "engine": "needs the provisioned Docker engine",
@@ -33,7 +37,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def engine_client() -> Iterator["docker.DockerClient"]:
+def engine_client() -> Iterator[docker.DockerClient]:
     """A docker-py client for the engine at ``DOCKER_HOST`` or the default socket.
 
     Fails the test with the command that starts an engine when none responds.

@@ -66,13 +66,13 @@ def get_sources_body(project_dir: str, strategy: str, git_info: Mapping, exports
     directory = quote(project_dir)
     if strategy == "clone":
         lines.append(f"rm -rf {directory}")
-    lines.append(f"echo 'Fetching changes...'")
+    lines.append("echo 'Fetching changes...'")
     lines.append(f"mkdir -p {directory}")
     lines.append(f"cd {directory}")
     lines.append("if [ -d .git ]; then echo 'Reinitialized existing Git repository'; "
                  "else git init --quiet && echo \"Initialized empty Git repository in $PWD/.git/\"; "
                  "echo 'Created fresh repository.'; fi")
-    lines.append(f"git remote remove origin 2>/dev/null || true")
+    lines.append("git remote remove origin 2>/dev/null || true")
     lines.append(f"git remote add origin {quote(git_info.get('repo_url', ''))}")
     lines.append(f"git fetch --quiet --force --tags {quote(SOURCE_REPOSITORY)} "
                  "'+refs/heads/*:refs/remotes/origin/*'")
