@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 
 import docker
@@ -89,6 +90,7 @@ def clean(client: docker.DockerClient, session: str | None = None, dead_only: bo
 
     if not dry_run:
         _remove_host_trust(found)
+        _remove_sandbox_directories(found)
     if found.count():
         log.info("%s %d containers, %d networks, %d volumes", "found" if dry_run else "removed",
                  len(found.containers), len(found.networks), len(found.volumes))
@@ -102,6 +104,16 @@ def _remove_host_trust(found: Leftovers) -> None:
     sessions = {session for rows in (found.containers, found.networks, found.volumes) for _, session in rows if session}
     for session in sessions:
         remove_session_host_trust(session)
+
+
+def _remove_sandbox_directories(found: Leftovers) -> None:
+    """Remove the socket and certs.d directories of the sandbox engines among the removed containers."""
+    from harness.sandbox import sandboxes_dir
+
+    for name, _ in found.containers:
+        directory = sandboxes_dir() / name
+        if directory.is_dir():
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def _ignore_missing(remove, **kwargs) -> None:

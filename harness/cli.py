@@ -104,7 +104,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _run_modes(args: argparse.Namespace) -> list:
     """Run the scenario, or the user's own pipeline, in every selected mode and print each result."""
-    from harness import engine, run
+    from harness import engine, host, run
 
     loaded, modes = _scenario_and_modes(args)
     options = run.RunOptions(in_process=args.debug_in_process, branch=args.branch,
@@ -115,12 +115,26 @@ def _run_modes(args: argparse.Namespace) -> list:
     # Every mode's inputs are checked first, so a mistake in the last mode is reported before the
     # first mode has started anything.
     inputs = {mode: run.check_inputs(client, loaded, mode, options) for mode in modes}
+    options.host = _open_host(client, args.host_engine)
     results = []
-    for mode in modes:
-        result = run.run_scenario(client, loaded, mode, options, inputs=inputs[mode])
-        print(_report(result, show_traces=args.show_traces))
-        results.append(result)
+    try:
+        for mode in modes:
+            result = run.run_scenario(client, loaded, mode, options, inputs=inputs[mode])
+            print(_report(result, show_traces=args.show_traces))
+            results.append(result)
+    finally:
+        options.host.close()
     return results
+
+
+def _open_host(client, kind: str):
+    """Return the host engine of ``kind``: a new sandbox on ``client``'s engine, or that engine itself."""
+    from harness import host
+
+    if kind == "local":
+        log.warning(host.LOCAL_WARNING)
+        return host.HostEngine.local(client)
+    return host.open_sandbox(client)
 
 
 def _scenario_and_modes(args: argparse.Namespace) -> tuple:
@@ -152,7 +166,8 @@ def _write_report(args: argparse.Namespace) -> int:
 
 
 def _report(result, show_traces: bool) -> str:
-    parts = [f"== {result.scenario} in {result.mode} mode ==", result.summary(), result.placement.table()]
+    parts = [f"== {result.scenario} in {result.mode} mode (host: {result.host}) ==", result.summary(),
+             result.placement.table()]
     if result.registry_tags:
         tags = ", ".join(f"{repo}:{tag}" for repo, tags in result.registry_tags.items() for tag in tags)
         parts.append(f"registry holds: {tags}")
@@ -231,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo_parser = commands.add_parser("demo", help="run the seed pipeline in DinD and DooD")
     demo_parser.add_argument("--show-traces", action="store_true", help="print every job's trace")
+    _add_host_argument(demo_parser)
     demo_parser.set_defaults(handler=_demo)
 
     scenarios_parser = commands.add_parser("scenarios", help="list the bundled scenarios")
@@ -267,6 +283,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--show-traces", action="store_true", help="print every job's trace")
     parser.add_argument("--debug-in-process", action="store_true",
                         help="run the executor in this process instead of a runner container")
+    _add_host_argument(parser)
     own = parser.add_argument_group("your own pipeline (instead of a scenario)")
     own.add_argument("--pipeline", action="append", default=[], metavar="[MODE=]PATH",
                      help="your .gitlab-ci.yml; MODE=PATH gives one per mode (dind, dood)")
@@ -277,6 +294,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                      help="absolute directory listed on every daemon and in job containers (repeatable)")
     parser.add_argument("--job", action="append", default=[], metavar="NAME",
                         help="run only this job, report the others as skipped (repeatable)")
+
+
+def _add_host_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host-engine", choices=["sandbox", "local"], default="sandbox",
+                        help="engine that plays the CI host: a disposable sandbox engine in a privileged "
+                             "container (default), or the real engine, which DooD jobs can then change")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import tarfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import docker.errors
@@ -80,12 +81,14 @@ def _belongs_to_others(resource_labels: dict | None) -> bool:
             or resource_labels.get(labels.TYPE) in INFRASTRUCTURE_TYPES)
 
 
-def snapshot_engine(client, daemon: str, when: str, watch_paths: tuple[str, ...] = ()) -> Snapshot:
+def snapshot_engine(client, daemon: str, when: str, watch_paths: tuple[str, ...] = (),
+                    list_path: Callable[[str], list[str] | None] | None = None) -> Snapshot:
     """Read images, containers, volumes and networks of the engine behind ``client``.
 
     Resources of other harness sessions and this session's registry and runner containers are
-    left out. ``watch_paths`` are host paths. Each is listed (file names only) when it exists on
-    the machine running this code, so the listing is meaningful only for the host engine.
+    left out. ``watch_paths`` are host paths. Each is listed (file names only) when it is a
+    directory, through ``list_path`` (default: this machine's filesystem), which returns None
+    for a missing directory.
     """
 
     snapshot = Snapshot(daemon=daemon, when=when)
@@ -107,10 +110,16 @@ def snapshot_engine(client, daemon: str, when: str, watch_paths: tuple[str, ...]
             labels=dict(attrs["Config"].get("Labels") or {})))
     snapshot.volumes = [v.name for v in client.volumes.list() if not _belongs_to_others(v.attrs.get("Labels"))]
     snapshot.networks = [n.name for n in client.networks.list() if not _belongs_to_others(n.attrs.get("Labels"))]
+    list_path = list_path or _list_local_path
     for path in watch_paths:
-        if os.path.isdir(path):
-            snapshot.paths[path] = sorted(os.listdir(path))
+        names = list_path(path)
+        if names is not None:
+            snapshot.paths[path] = names
     return snapshot
+
+
+def _list_local_path(path: str) -> list[str] | None:
+    return sorted(os.listdir(path)) if os.path.isdir(path) else None
 
 
 _INNER_SCRIPT = (

@@ -7,6 +7,7 @@ integration test would report green on a broken machine.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -73,6 +74,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="your runner config.toml for the own_pipeline fixture; dind=PATH and dood=PATH")
     group.addoption("--harness-project", metavar="DIR", default=None,
                     help="your project folder for the own_pipeline fixture (relative paths: to the rootdir)")
+    group.addoption("--host-engine", choices=["sandbox", "local"], default="sandbox",
+                    help="engine that plays the CI host in scenario runs: a disposable sandbox engine "
+                         "per session in a privileged container (default), or the real engine, which "
+                         "DooD jobs can then change")
     group.addoption("--harness-report", metavar="FILE.html", default=None,
                     help="write an HTML placement report of every pipeline run in the session")
 
@@ -87,9 +92,10 @@ class ScenarioRuns:
     Several tests usually assert on one run of the same pipeline, so the pipeline runs once.
     """
 
-    def __init__(self, client, config: pytest.Config) -> None:
+    def __init__(self, client, config: pytest.Config, host) -> None:
         self.client = client
         self.config = config
+        self.host = host
         self._cache: dict[tuple[str, str], object] = {}
         config.stash[_RUNS_KEY] = self
 
@@ -122,13 +128,34 @@ class ScenarioRuns:
         from harness import run
 
         return run.RunOptions(in_process=self.config.getoption("--harness-in-process"),
-                              pull_policy=self.config.getoption("--harness-pull-policy"))
+                              pull_policy=self.config.getoption("--harness-pull-policy"), host=self.host)
 
 
 @pytest.fixture(scope="session")
-def scenario_runs(engine_client, pytestconfig) -> ScenarioRuns:
+def host_engine(engine_client, pytestconfig):
+    """The engine that plays the CI host in scenario runs (a :class:`harness.host.HostEngine`).
+
+    With ``--host-engine=sandbox`` (the default) it is a disposable engine in a privileged
+    container, started once per session (once per xdist worker) and removed at its end, with
+    everything DooD jobs left in it. With ``--host-engine=local`` it is the real engine, and a
+    warning says that DooD jobs can change it.
+    """
+    from harness import host
+
+    if pytestconfig.getoption("--host-engine") == "local":
+        warnings.warn(host.LOCAL_WARNING, stacklevel=1)
+        yield host.HostEngine.local(engine_client)
+        return
+
+    sandbox_host = host.open_sandbox(engine_client)
+    yield sandbox_host
+    sandbox_host.close()
+
+
+@pytest.fixture(scope="session")
+def scenario_runs(engine_client, host_engine, pytestconfig) -> ScenarioRuns:
     """A callable ``scenario_runs(name, mode) -> RunResult`` that runs each pair once per session."""
-    return ScenarioRuns(engine_client, pytestconfig)
+    return ScenarioRuns(engine_client, pytestconfig, host_engine)
 
 
 @pytest.fixture

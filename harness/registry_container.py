@@ -21,7 +21,7 @@ import string
 import tarfile
 import time
 from pathlib import Path
-from typing import Self
+from typing import Callable, Self
 
 import docker
 import docker.errors
@@ -79,6 +79,11 @@ class RegistryContainer:
     def hostnames(self) -> list[str]:
         """Names the registry's certificate covers and wiring maps to its IP."""
         return list(self._hostnames)
+
+    @property
+    def ca_pem(self) -> bytes:
+        """The PEM certificate of the CA that signed this registry's certificate."""
+        return self._authority().cert_pem
 
     @property
     def ca_cert_path(self) -> Path:
@@ -213,11 +218,13 @@ class RegistryContainer:
         certs = session_dir() / "certs.d"
         return Wiring(extra_hosts, (f"{certs}:/etc/docker/certs.d:ro",))
 
-    def install_host_trust(self, certs_root: Path = HOST_CERTS_DIR, hosts_file: Path = HOSTS_FILE) -> HostTrust:
+    def install_host_trust(self, certs_root: Path = HOST_CERTS_DIR, hosts_file: Path = HOSTS_FILE,
+                           resolve: Callable[[str, bool], set[str]] | None = None) -> HostTrust:
         """Make the host engine trust and resolve this registry, for DooD jobs, until stop().
 
         Writes ``<certs_root>/<hostname>/ca.crt`` for every hostname and the container IP, and a
-        marked block mapping the hostnames to the container IP in ``hosts_file``.
+        marked block mapping the hostnames to the container IP in ``hosts_file``. ``resolve``
+        checks the names as the daemon reading ``hosts_file`` sees them (default: this machine).
 
         Raises:
             RegistryError: a trust directory exists that the harness did not create, or a name
@@ -225,7 +232,7 @@ class RegistryContainer:
         """
         self._require_started()
         trust = HostTrust(self.ip, self._authority().cert_pem, [*self._hostnames, self.ip], self.name,
-                          certs_root=certs_root, hosts_file=hosts_file)
+                          certs_root=certs_root, hosts_file=hosts_file, resolve=resolve)
         trust.install()
         self._host_trusts.append(trust)
         return trust

@@ -16,7 +16,7 @@ import logging
 import os
 import re
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -233,13 +233,16 @@ class HostTrust:
     """``certs.d`` entries and an ``/etc/hosts`` block that let the host engine reach one registry.
 
     IP addresses in ``names`` get a ``certs.d`` entry only, and DNS names also get a hosts entry.
-    The check after writing asks the system resolver, which reads ``/etc/hosts``, so another
-    ``hosts_file`` always fails it.
+    The check after writing asks ``resolve``, by default this machine's resolver, which reads
+    ``/etc/hosts``. Another ``hosts_file`` therefore needs a ``resolve`` that reads it.
     """
 
     def __init__(self, ip: str, ca_pem: bytes, names: Sequence[str], owner: str,
-                 certs_root: Path = HOST_CERTS_DIR, hosts_file: Path = HOSTS_FILE) -> None:
+                 certs_root: Path = HOST_CERTS_DIR, hosts_file: Path = HOSTS_FILE,
+                 resolve: Callable[[str, bool], set[str]] | None = None) -> None:
         self.ip = ip
+        # Resolves a name as the daemon that reads hosts_file does; (name, files_only) -> addresses.
+        self.resolve = resolve or _resolve_v4
         self.names = list(names)
         self.certs_root = Path(certs_root)
         self.hosts_file = Path(hosts_file)
@@ -319,7 +322,7 @@ class HostTrust:
         # /etc/hosts maps it. The full lookup then confirms that nsswitch consults files first.
         for name in self.dns_names:
             for files_only in (True, False):
-                found = _resolve_v4(name, files_only)
+                found = self.resolve(name, files_only)
                 if found != {self.ip}:
                     source = f"{self.hosts_file} (files only)" if files_only else "the system resolver"
                     raise RegistryError(f"{name} resolves to {sorted(found) or 'nothing'} via {source}, not to "

@@ -9,13 +9,11 @@ everything the run created is torn down again.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import dataclasses
 import logging
 import re
 import secrets
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -26,11 +24,13 @@ import docker
 from harness import placement as placement_module
 from harness import stage_jobs
 from harness.errors import InputError
+from harness.host import HostEngine
 from harness.pipeline import CompiledJob, Pipeline, compile_pipeline, load_pipeline
 from harness.project import Project
-from harness.registry import Mirror, Registry
+from harness.registry import Registry, shared_mirror
 from harness.registry_trust import Wiring
-from harness.runner import InProcessRunner, RunnerContainer, render_toml
+from harness.runner import RUNNER_IMAGE, InProcessRunner, RunnerContainer, render_toml
+from harness.executor.settings import DEFAULT_HELPER_IMAGE
 from harness.runner_config import RunnerConfig, load_runner_config
 from harness.scenario import Scenario
 from harness.variables import Variable, mask
@@ -75,6 +75,8 @@ class RunResult:
     secrets: list[str] = field(default_factory=list, repr=False)
     # The runner's ``[runners.docker] volumes``, which tell whether jobs see the host socket.
     runner_volumes: list[str] = field(default_factory=list)
+    # Which engine played the host: "local engine" or "sandbox <container name>".
+    host: str = "local engine"
 
     @property
     def succeeded(self) -> bool:
@@ -116,6 +118,8 @@ class RunOptions:
 
     in_process: bool = False
     pull_policy: str | None = None
+    # The engine jobs run against; None runs them on the engine of the client given to run_scenario.
+    host: HostEngine | None = None
     variables: list[Variable] = field(default_factory=list)
     branch: str | None = None
     # Only these jobs run when not empty; the others are reported as skipped.
@@ -158,22 +162,8 @@ def check_inputs(client: docker.DockerClient, scenario: Scenario, mode: str,
     scenario.check_branch(options.branch)
     _check_job_names(pipeline, files.pipeline, options.jobs)
 
-    runner_key = f"runners[{config.selected}].docker"
-    wanted = [(files.runner_config, f"{runner_key}.services[{index}].name", service.name)
-              for index, service in enumerate(config.docker.services)]
-    if config.docker.helper_image:
-        wanted.append((files.runner_config, f"{runner_key}.helper_image", config.docker.helper_image))
-    for job in pipeline.jobs:
-        if job.image_name:
-            wanted.append((files.pipeline, job.image_key, job.image_name))
-        else:
-            # GitLab Runner falls back to its default image only for jobs that name none.
-            wanted.append((files.runner_config, f"{runner_key}.image", config.docker.image))
-        wanted += [(files.pipeline, f"{job.services_key}[{index}]", name)
-                   for index, name in enumerate(job.service_images)]
-
     checked: set[str] = set()
-    for path, key, image in wanted:
+    for path, key, image in _named_images(files, pipeline, config):
         # The runner expands variables in image names per job, so such a name is checked then.
         if image in checked or "$" in image:
             continue
@@ -194,39 +184,30 @@ def check_inputs(client: docker.DockerClient, scenario: Scenario, mode: str,
     return pipeline, config
 
 
+def _named_images(files, pipeline: Pipeline, config: RunnerConfig) -> list[tuple[Path, str, str]]:
+    """Return (file, key, image) for every image the pipeline and runner config name."""
+    runner_key = f"runners[{config.selected}].docker"
+    named = [(files.runner_config, f"{runner_key}.services[{index}].name", service.name)
+             for index, service in enumerate(config.docker.services)]
+    if config.docker.helper_image:
+        named.append((files.runner_config, f"{runner_key}.helper_image", config.docker.helper_image))
+    for job in pipeline.jobs:
+        if job.image_name:
+            named.append((files.pipeline, job.image_key, job.image_name))
+        else:
+            # GitLab Runner falls back to its default image only for jobs that name none.
+            named.append((files.runner_config, f"{runner_key}.image", config.docker.image))
+        named += [(files.pipeline, f"{job.services_key}[{index}]", name)
+                  for index, name in enumerate(job.service_images)]
+    return named
+
+
 def _check_job_names(pipeline: Pipeline, path, names: tuple[str, ...]) -> None:
     known = [job.name for job in pipeline.jobs]
     for name in names:
         if name not in known:
             raise InputError(path, f"--job {name}", "no such job in the pipeline",
                              f"name one of: {', '.join(known)}")
-
-
-_mirror: Mirror | None = None
-
-
-def shared_mirror(client: docker.DockerClient) -> Mirror:
-    """Return this process's pull mirror, starting it on first use; it is stopped at exit.
-
-    Preloading the mirror pushes every preloaded stand-in (node:18 alone is 300 MB), which costs
-    about 15 s, so one mirror serves every DinD run of a session instead of one per run. It
-    carries the session's labels, so `harness clean` also finds it after a crash.
-    """
-    global _mirror
-    if _mirror is not None and _mirror_running(_mirror):
-        return _mirror
-
-    _mirror = Mirror(client).start()
-    atexit.register(_mirror.stop)
-    return _mirror
-
-
-def _mirror_running(mirror: Mirror) -> bool:
-    try:
-        mirror.container.reload()
-    except docker.errors.NotFound:
-        return False
-    return mirror.container.status == "running"
 
 
 def _image_exists(client, reference: str) -> bool:
@@ -242,7 +223,10 @@ class _Session:
 
     def __init__(self, client, scenario: Scenario, mode: str, options: RunOptions,
                  stack: contextlib.ExitStack) -> None:
-        self.client = client
+        self.host = options.host or HostEngine.local(client)
+        # Jobs, runner and placement use the host's engine; registries run on the real engine
+        # under it, where this process and every nested daemon can reach them.
+        self.client = self.host.client
         self.scenario = scenario
         self.mode = mode
         self.options = options
@@ -263,8 +247,8 @@ class _Session:
                                     pipeline_id=pipeline_id, first_job_id=pipeline_id * JOBS_PER_PIPELINE + 1)
         self.secrets = [v.value for v in [*variables, *self.options.variables] if v.masked]
 
-        baseline = placement_module.snapshot_engine(self.client, placement_module.HOST, "before the pipeline",
-                                                    self.scenario.watch_paths)
+        self._seed_host(pipeline, config)
+        baseline = self._snapshot_host("before the pipeline")
         self.stack.callback(self._remove_what_jobs_left, baseline)
         runner = self._runner(config, wiring, project)
         snapshots: list[placement_module.Snapshot] = []
@@ -272,7 +256,7 @@ class _Session:
 
         result = RunResult(self.scenario.name, self.mode, jobs,
                            placement_module.Placement(self.mode, baseline, snapshots), secrets=self.secrets,
-                           runner_volumes=list(config.docker.volumes))
+                           runner_volumes=list(config.docker.volumes), host=self.host.description)
         if self.registry is not None:
             result.registry_tags = self.registry.tags()
             result.registry_log = mask(self.registry.logs(tail="all"), self.secrets)
@@ -291,16 +275,17 @@ class _Session:
         spec = self.scenario.registry
         if spec is not None:
             self.registry = self.stack.enter_context(
-                Registry(self.client).with_hostnames([spec.hostname])
+                Registry(self.host.real_client).with_network(self.host.network).with_hostnames([spec.hostname])
                 .with_auth(username=f"ci-{secrets.token_hex(4)}"))
             wiring = wiring + self.registry.wiring()
             if self.kind == "dood":
-                self.registry.install_host_trust()
+                certs_dir, hosts_file = self.host.trust_paths()
+                self.registry.install_host_trust(certs_dir, hosts_file, resolve=self.host.resolver())
             variables = [Variable(spec.user_variable, self.registry.username, masked=True, public=False),
                          Variable(spec.password_variable, self.registry.password, masked=True, public=False),
                          Variable(spec.address_variable, spec.hostname, masked=False, public=False)]
         if self.kind == "dind":
-            wiring = wiring + shared_mirror(self.client).wiring()
+            wiring = wiring + shared_mirror(self.host.real_client, self.host.network).wiring()
         return variables, wiring
 
     def _runner(self, config: RunnerConfig, wiring: Wiring, project: Project):
@@ -367,12 +352,23 @@ class _Session:
 
         for observed in details.get("snapshots", []):
             snapshots.append(placement_module.Snapshot.from_dict(observed))
-        snapshots.append(placement_module.snapshot_engine(self.client, placement_module.HOST,
-                                                          f"after {job.name}", self.scenario.watch_paths))
+        snapshots.append(self._snapshot_host(f"after {job.name}"))
         result = JobResult(job.name, job.stage, details.get("status", "failed"), details.get("exit_code"),
                            trace, time.monotonic() - started, details, started_at, _docker_host(job.payload))
         log.info("job %s finished: %s in %.1f s", job.name, result.status, result.duration)
         return result
+
+    def _seed_host(self, pipeline, config: RunnerConfig) -> None:
+        """Pull into a sandbox host the images this run names, through the shared mirror."""
+        if self.host.sandbox is None:
+            return
+        named = [image for _, _, image in _named_images(self.scenario.mode_files(self.mode), pipeline, config)]
+        wanted = [RUNNER_IMAGE, config.docker.helper_image or DEFAULT_HELPER_IMAGE, *named]
+        self.host.sandbox.seed(dict.fromkeys(image for image in wanted if "$" not in image))
+
+    def _snapshot_host(self, when: str) -> placement_module.Snapshot:
+        return placement_module.snapshot_engine(self.client, placement_module.HOST, when, self.scenario.watch_paths,
+                                                list_path=self.host.list_path)
 
     def _remove_what_jobs_left(self, baseline: placement_module.Snapshot) -> None:
         """Remove containers, images and watched paths that jobs created on the host engine.
@@ -382,8 +378,7 @@ class _Session:
         NOTE: anything another process creates on the same engine during the run is removed too.
         A disposable sandbox engine per session would remove that risk.
         """
-        final = placement_module.snapshot_engine(self.client, placement_module.HOST, "teardown",
-                                                 self.scenario.watch_paths)
+        final = self._snapshot_host("teardown")
         known = {c.name for c in baseline.containers}
         for record in final.containers:
             if record.name not in known:
@@ -395,7 +390,7 @@ class _Session:
             _ignore_missing(lambda: self.client.images.remove(image, force=True))
             log.info("removed image %s that a job built on the host engine", image)
         for path in set(final.paths) - set(baseline.paths):
-            shutil.rmtree(path, ignore_errors=True)
+            self.host.remove_path(path)
             log.info("removed host path %s that a job created", path)
 
 

@@ -66,8 +66,8 @@ class TestSeedInDind:
         assert "Login Succeeded" in dind.job("BuildImages").trace
         assert dind.leaked_secrets() == []
 
-    def test_nothing_left_on_host(self, dind, engine_client):
-        names = {c.name for c in engine_client.containers.list(all=True)}
+    def test_nothing_left_on_host(self, dind, host_engine):
+        names = {summary["Names"][0].lstrip("/") for summary in host_engine.client.api.containers(all=True)}
         assert not any(name.startswith("runner-") for name in names)
         assert "nodedemo" not in names
 
@@ -98,7 +98,7 @@ class TestSeedInDood:
     def test_log_on_host_path(self, dood):
         dood.placement.path(LOGS).has_files_in("host")
 
-    def test_teardown_removed_job_leftovers(self, dood, engine_client):
-        names = {c.name for c in engine_client.containers.list(all=True)}
+    def test_teardown_removed_job_leftovers(self, dood, host_engine):
+        names = {summary["Names"][0].lstrip("/") for summary in host_engine.client.api.containers(all=True)}
         assert "nodedemo" not in names
-        assert not engine_client.images.list(name="registry.cn-beijing.aliyuncs.com/devopsman/marionxue-ops")
+        assert not host_engine.client.images.list(name="registry.cn-beijing.aliyuncs.com/devopsman/marionxue-ops")
