@@ -39,7 +39,6 @@ from harness.sandbox import SandboxEngine
 log = logging.getLogger(__name__)
 
 KINDS = ("sandbox", "local")
-DEFAULT_KIND = "sandbox"
 # Private addresses that dockerd 20.10 neither takes for its default bridge nor hands out from
 # its default pools (172.17-31.0.0/16 and 192.168.0.0/16 in /20 pieces).
 INFRASTRUCTURE_SUBNETS = "10.212.0.0/16"
@@ -156,7 +155,7 @@ def _create_infrastructure_network(client: docker.DockerClient):
             network = client.networks.create(name, driver="bridge", ipam=ipam,
                                              labels=labels.managed_labels("infrastructure"))
         except docker.errors.APIError as error:
-            # Another session holds this subnet; dockerd reports the overlap, so try the next one.
+            # Another session uses this subnet; dockerd reports the overlap, so try the next one.
             if "overlap" not in str(error).lower():
                 raise
             continue
@@ -171,10 +170,3 @@ def _remove_network(network) -> None:
         network.remove()
     except docker.errors.NotFound:
         pass
-
-
-def check_kind(kind: str) -> str:
-    """Return ``kind`` if it names a host kind, else raise ValueError listing the kinds."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown host engine {kind!r}; use one of: {', '.join(KINDS)}")
-    return kind

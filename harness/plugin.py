@@ -137,8 +137,8 @@ def host_engine(engine_client, pytestconfig):
 
     With ``--host-engine=sandbox`` (the default) it is a disposable engine in a privileged
     container, started once per session (once per xdist worker) and removed at its end, with
-    everything DooD jobs left in it. With ``--host-engine=local`` it is the real engine, and a
-    warning says that DooD jobs can change it.
+    everything DooD jobs left in it. With ``--host-engine=local`` it is the real engine, and the
+    fixture warns that DooD jobs can change it.
     """
     from harness import host
 

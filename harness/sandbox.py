@@ -1,9 +1,9 @@
 """Sandbox host engines: a disposable dockerd in a privileged container on the real engine.
 
-A DooD job does what it likes with the engine behind the socket it gets: ``docker rm -f``,
-``--restart=always`` containers, images left behind. In sandbox mode that engine is a
-``docker:dind`` container started for one session, so the real engine only ever sees one
-labelled container and one labelled volume, and removing them undoes everything the jobs did.
+A DooD job can change anything on the engine behind the socket it gets: it runs ``docker rm -f``,
+starts ``--restart=always`` containers and leaves images behind. In sandbox mode that engine is
+a ``docker:dind`` container started for one session. The jobs' containers, images and volumes
+then exist only inside it, and removing its container and data volume removes them all.
 
 The sandbox daemon serves a unix socket in a directory of the real host, so this process
 talks to it like to any local engine. It pulls the stand-in images it needs through the
@@ -38,24 +38,24 @@ log = logging.getLogger(__name__)
 
 SANDBOX_IMAGE = "docker:dind"
 SOCKET_DIR = "/run/harness-sandbox"
-# Addresses inside the sandbox must not overlap the real engine's bridges (172.17.0.0/16 and the
-# 172.18-31 and 192.168 pools of dockerd 20.10), or nested containers could not reach the mirror.
+# Addresses inside the sandbox must not overlap the real engine's networks, where the mirror and
+# the registries run, or nested containers would route their traffic to the wrong bridge.
 BRIDGE_IP = "10.213.0.1/24"
 ADDRESS_POOL = {"base": "10.214.0.0/16", "size": 24}
 READY_TIMEOUT_SECONDS = 60
 
 
 def sandboxes_dir() -> Path:
-    """Return ``<state dir>/sandboxes``, which holds one directory per sandbox (socket, certs.d)."""
+    """Return ``<state dir>/sandboxes``, with one directory per sandbox for its socket and certs.d."""
     return state_dir() / "sandboxes"
 
 
 class SandboxEngine:
     """A Docker engine in a privileged ``docker:dind`` container, disposable with its session.
 
-    ``start`` creates the container and a volume for its ``/var/lib/docker`` (so the nested
-    daemon uses overlay2) on the real engine, both with the session's labels; ``stop`` removes
-    them with everything inside. Use it as a context manager::
+    ``start`` creates the container and a volume for its ``/var/lib/docker`` on the real engine,
+    both with the session's labels. The volume lets the nested daemon use overlay2 instead of
+    vfs. ``stop`` removes both with everything inside. Use it as a context manager::
 
         with SandboxEngine(client).with_mirror(mirror) as sandbox:
             sandbox.seed(["busybox:latest"])
