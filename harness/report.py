@@ -86,8 +86,9 @@ def write_report(results: list, path: str | Path, title: str = "Placement report
 def _mode_section(result) -> str:
     anchor = f"{result.scenario}-{result.mode}"
     parts = [f'<section class="mode" id="{escape(anchor)}" data-mode="{escape(result.mode)}" '
-             f'data-scenario="{escape(result.scenario)}">',
+             f'data-scenario="{escape(result.scenario)}" data-host="{escape(result.host)}">',
              f"<h2>{escape(result.scenario)} in {escape(result.mode)} mode</h2>",
+             f'<p class="host">Host engine: <code>{escape(result.host)}</code></p>',
              _jobs_table(result),
              "<h3>Where things ended up</h3>", render_diagram(result),
              _placement_table(result)]

@@ -68,6 +68,13 @@ def test_report_escapes_every_name() -> None:
     assert "&lt;b&gt;trace&lt;/b&gt;" in html
 
 
+def test_report_names_host_engine() -> None:
+    result = _fake_result("", "secret-value")
+    result.host = "sandbox dind-dood-harness-1a2b3c4d-sandbox-5e6f70"
+
+    assert "Host engine: <code>sandbox dind-dood-harness-1a2b3c4d-sandbox-5e6f70</code>" in render_report([result])
+
+
 def test_report_has_no_external_reference() -> None:
     html = render_report([_fake_result("trace", "s3cr3t-value")])
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
@@ -147,6 +154,10 @@ class TestSeedReportInBrowser:
     def test_timeline_marks_each_event(self, seed_dom) -> None:
         events = {attrs["data-event"] for attrs in seed_dom.having("data-event", "dind")}
         assert {"created", "service ready", "step_script", "removed"} <= events
+
+    def test_sections_name_host_engine(self, seed_dom, scenario_runs) -> None:
+        hosts = [attrs["data-host"] for tag, attrs in seed_dom.elements if tag == "section" and "data-host" in attrs]
+        assert hosts == [scenario_runs("seed", "dind").host, scenario_runs("seed", "dood").host]
 
     def test_traces_collapsed_per_job(self, seed_dom) -> None:
         traces = [attrs["data-job"] for tag, attrs in seed_dom.elements if tag == "details" and "data-job" in attrs]
