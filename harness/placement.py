@@ -134,20 +134,21 @@ def snapshot_dind(client, service_container_id: str, daemon: str, when: str,
                   watch_paths: tuple[str, ...] = ()) -> Snapshot:
     """Read the daemon inside a dind service through ``docker exec <service> docker ...``.
 
-    The inner client talks to the service's own unix socket with ``DOCKER_HOST`` cleared, because a
-    ``tcp://`` value from the job's variables would point the inner client elsewhere. Watched paths
-    are listed inside the service container's filesystem.
+    The inner client talks to the unix socket named in the command line of the service's dockerd.
+    It never uses the job's ``DOCKER_HOST``, because a ``tcp://`` value from the job's variables
+    would point it elsewhere. Watched paths are listed inside the service container's filesystem.
 
     Raises:
         RuntimeError: the service's daemon did not respond (the exit code and output are included).
     """
     container = client.containers.get(service_container_id)
-    command = ["env", "-u", "DOCKER_HOST", "-u", "DOCKER_TLS_VERIFY", "-u", "DOCKER_CERT_PATH",
+    socket = _dockerd_unix_socket(container)
+    command = ["env", "-u", "DOCKER_TLS_VERIFY", "-u", "DOCKER_CERT_PATH", f"DOCKER_HOST={socket}",
                "sh", "-c", _INNER_SCRIPT]
     exit_code, output = container.exec_run(command)
     text = output.decode(errors="replace")
     if exit_code != 0:
-        raise RuntimeError(f"cannot read the daemon in {container.name} (exit {exit_code}): {text[-500:]}")
+        raise RuntimeError(f"cannot read the daemon in {container.name} at {socket} (exit {exit_code}): {text[-500:]}")
 
     snapshot = _parse_inner_listing(text, daemon, when)
     for path in watch_paths:
@@ -155,6 +156,49 @@ def snapshot_dind(client, service_container_id: str, daemon: str, when: str,
         if listing is not None:
             snapshot.paths[path] = listing
     return snapshot
+
+
+DEFAULT_DOCKER_SOCKET = "unix:///var/run/docker.sock"
+
+# Prints the NUL-separated command line of the first dockerd process, one argument per line.
+_DOCKERD_ARGS_SCRIPT = (
+    'for proc in /proc/[0-9]*; do '
+    'if [ "$(cat "$proc/comm" 2> /dev/null)" = dockerd ]; then tr "\\0" "\\n" < "$proc/cmdline"; exit 0; fi; '
+    'done'
+)
+
+
+def _dockerd_unix_socket(container) -> str:
+    """Return the first unix:// address of the dockerd in ``container``, or the default socket.
+
+    The dind entrypoint moves the socket to a ``unix://`` DOCKER_HOST (GitLab Runner's own CI puts
+    it on the shared /certs/client volume), and a service ``command`` may add ``--host`` flags.
+    """
+    exit_code, output = container.exec_run(["sh", "-c", _DOCKERD_ARGS_SCRIPT])
+    arguments = output.decode(errors="replace").splitlines() if exit_code == 0 else []
+    unix_hosts = [host for host in dockerd_hosts(arguments) if host.startswith("unix://")]
+
+    # NOTE: hosts set in daemon.json are not read, so such a daemon is looked for at the default socket.
+    return unix_hosts[0] if unix_hosts else DEFAULT_DOCKER_SOCKET
+
+
+def dockerd_hosts(arguments: list[str]) -> list[str]:
+    """Return the values of ``-H``/``--host`` in a dockerd command line, in order.
+
+    Accepts ``--host=X``, ``--host X``, ``-H=X``, ``-H X`` and ``-HX``, the forms dockerd's flag
+    parser accepts.
+    """
+    hosts = []
+    for index, argument in enumerate(arguments):
+        following = arguments[index + 1] if index + 1 < len(arguments) else None
+        if argument in ("--host", "-H"):
+            if following is not None:
+                hosts.append(following)
+        elif argument.startswith("--host="):
+            hosts.append(argument.removeprefix("--host="))
+        elif argument.startswith("-H"):
+            hosts.append(argument.removeprefix("-H").removeprefix("="))
+    return hosts
 
 
 def _parse_inner_listing(text: str, daemon: str, when: str) -> Snapshot:

@@ -251,74 +251,114 @@ def test_x1_two_sessions_never_collide():
 
 D10_FOLDER = "d10-dind-mtu-per-build-network"
 D10_FILE_MIB = 8
+NETTOOLS_IMAGE = "dind-dood-harness/nettools:latest"
 
 
 def _start_d10_server(client):
-    """Start a busybox httpd on the default bridge, detached; /big is written once it is attached."""
+    """Start a busybox httpd on the default bridge, detached. /big is written once it is attached.
+
+    MTU probing stays off, the Linux default, so the server's TCP never shrinks its
+    segments after a silent drop and a stall stays a stall.
+    """
     return client.containers.run("httpd:latest", detach=True, cap_add=["NET_ADMIN"],
+                                 sysctls={"net.ipv4.tcp_mtu_probing": "0"},
                                  labels=labels.managed_labels("d10-server"),
                                  name=f"harness-d10-server-{labels.session_id()}-{secrets.token_hex(3)}")
 
 
-def _attach_when_network_appears(client, server, stop: threading.Event, attached: list[str]) -> None:
+def _disable_segmentation_offload(client, server) -> None:
+    """Turn off TSO and GSO on every interface of ``server``, from a container in its namespace.
+
+    With offload on, the server's TCP hands the veth pair one packet of up to 64 KiB, and a veth
+    forwards such a packet whatever the peer's MTU. Offload off, every segment is a frame of the
+    server's MTU, which the 1200-byte peer drops, as a link with a smaller MTU does.
+    """
+    output = client.containers.run(
+        NETTOOLS_IMAGE, ["sh", "-c", "for dev in /sys/class/net/eth*; do ethtool -K ${dev##*/} tso off gso off"
+                                     " && ethtool -k ${dev##*/} | grep segmentation-offload:; done"],
+        network_mode=f"container:{server.id}", cap_add=["NET_ADMIN"], remove=True,
+        labels=labels.managed_labels("d10-offload"))
+    assert b"generic-segmentation-offload: on" not in output, output.decode()
+
+
+def _attach_when_network_appears(client, server, stop: threading.Event, state: dict) -> None:
     """Connect ``server`` as ``d10-server`` to this session's d10 per-build network, MTU 1500 inside.
 
     The server's own interface gets 1500 while the network's ports have 1200, as a server behind
-    a smaller-MTU path has. Its full-size segments then never reach the inner container.
+    a smaller-MTU path has. Its full-size frames then never reach the dind service. Stores the
+    network's name, or the error that stopped the set-up, in ``state``.
     """
     session_filter = {"label": [f"{labels.SESSION}={labels.session_id()}"]}
-    while not stop.wait(0.5):
-        for network in client.networks.list(filters=session_filter):
-            if network.name.startswith("runner-d10dindr"):
-                network.connect(server, aliases=["d10-server"])
-                server.exec_run(["sh", "-c", "for dev in /sys/class/net/eth*; do ip link set ${dev##*/} mtu 1500; done"])
-                # The job waits for /big, so no transfer can start before the MTU is set.
-                server.exec_run(["dd", "if=/dev/zero", "of=/usr/local/apache2/htdocs/big", "bs=1M",
-                                 f"count={D10_FILE_MIB}"])
-                attached.append(network.name)
-                return
+    try:
+        while not stop.wait(0.5):
+            for network in client.networks.list(filters=session_filter):
+                if network.name.startswith("runner-d10dindr"):
+                    _prepare_d10_server(client, server, network)
+                    state["network"] = network.name
+                    return
+    except Exception as error:  # reported by the test; a thread's exception would only be printed
+        state["error"] = repr(error)
 
 
-def _run_d10(client, mode: str) -> tuple[RunResult, list[str]]:
+def _prepare_d10_server(client, server, network) -> None:
+    network.connect(server, aliases=["d10-server"])
+    server.exec_run(["sh", "-c", "for dev in /sys/class/net/eth*; do ip link set ${dev##*/} mtu 1500; done"])
+    _disable_segmentation_offload(client, server)
+
+    # The job waits for /big, so no transfer can start before MTU and offloads are set.
+    server.exec_run(["dd", "if=/dev/zero", "of=/usr/local/apache2/htdocs/big", "bs=1M", f"count={D10_FILE_MIB}"])
+
+
+def _run_d10(client, mode: str) -> tuple[RunResult, dict]:
     server = _start_d10_server(client)
-    stop, attached = threading.Event(), []
-    watcher = threading.Thread(target=_attach_when_network_appears, args=(client, server, stop, attached), daemon=True)
+    stop, state = threading.Event(), {}
+    watcher = threading.Thread(target=_attach_when_network_appears, args=(client, server, stop, state), daemon=True)
     watcher.start()
     try:
         result = _run(client, D10_FOLDER, mode)
     finally:
         stop.set()
-        watcher.join(timeout=10)
+        watcher.join(timeout=30)
         server.remove(force=True)
-    return result, attached
+    return result, state
+
+
+def _received_bytes(trace: str) -> int:
+    match = re.search(r"^received (\d+) bytes$", trace, re.MULTILINE)
+    assert match, f"the job printed no byte count:\n{trace}"
+    return int(match.group(1))
 
 
 @pytest.mark.dind
 def test_d10_default_mtu_stalls(engine_client):
-    result, attached = _run_d10(engine_client, "dind-default-mtu")
+    result, state = _run_d10(engine_client, "dind-default-mtu")
     job = result.job("Download")
 
-    assert attached, "the per-build network never appeared, so d10-server was not attached"
+    assert "error" not in state, f"d10-server set-up failed: {state.get('error')}"
+    assert "network" in state, "the per-build network never appeared, so d10-server was not attached"
     # Catches a per-build network whose network_mtu did not reach the service's interface.
     assert "dind service MTU 1200" in job.trace, job.trace
     # Catches a dind daemon that inherits the network's MTU: its containers must keep 1500.
     assert "inner container MTU 1500" in job.trace, job.trace
-    # NOTE: whether the download then stalls depends on segmentation offload on the local
-    # bridge: a clean CI run completed it while loaded runs stalled, so the outcome is recorded
-    # in the trace but not asserted. Dropping ICMP "fragmentation needed" on the path, as the
-    # overlay networks in the field reports do, would make the stall deterministic.
-    assert re.search(r"transfer (stalled|complete)", job.trace), job.trace
+    # Catches a network that carries 1500-byte frames (network_mtu not applied to the per-build
+    # network, or offload left on). The inner container's MSS of 1460 must stall the body.
+    assert "transfer stalled" in job.trace, job.trace
+    assert _received_bytes(job.trace) < D10_FILE_MIB * 1024 * 1024, job.trace
+    assert job.status == "failed", job.trace
 
 
 @pytest.mark.dind
 def test_d10_service_mtu_completes(engine_client):
-    result, attached = _run_d10(engine_client, "dind-mtu-1200")
+    result, state = _run_d10(engine_client, "dind-mtu-1200")
     job = result.job("Download")
 
-    assert attached, "the per-build network never appeared, so d10-server was not attached"
+    assert "error" not in state, f"d10-server set-up failed: {state.get('error')}"
+    assert "network" in state, "the per-build network never appeared, so d10-server was not attached"
     assert "dind service MTU 1200" in job.trace, job.trace
     # Catches a service command that does not reach dockerd (--mtu lost on the way).
     assert "inner container MTU 1200" in job.trace, job.trace
-    # Catches a broken transfer path (server, address, timeout): the 8 MiB must arrive.
+    # Catches a broken transfer path (server, address, timeout). The 8 MiB and headers must arrive
+    # over the same dropping link as in the stalled mode, so the stall there is the MTU's doing.
     assert "transfer complete" in job.trace, job.trace
+    assert _received_bytes(job.trace) > D10_FILE_MIB * 1024 * 1024, job.trace
     assert job.status == "success"
