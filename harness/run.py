@@ -18,6 +18,7 @@ import secrets
 import shutil
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,9 +27,10 @@ import docker
 from harness import placement as placement_module
 from harness import stage_jobs
 from harness.errors import InputError
+from harness.mirror_images import named_references, run_texts
 from harness.pipeline import CompiledJob, Pipeline, compile_pipeline, load_pipeline
 from harness.project import Project
-from harness.registry import Mirror, Registry
+from harness.registry import DEFAULT_MIRROR_IMAGES, Mirror, Registry
 from harness.registry_trust import Wiring
 from harness.runner import InProcessRunner, RunnerContainer, render_toml
 from harness.runner_config import RunnerConfig, load_runner_config
@@ -205,19 +207,25 @@ def _check_job_names(pipeline: Pipeline, path, names: tuple[str, ...]) -> None:
 _mirror: Mirror | None = None
 
 
-def shared_mirror(client: docker.DockerClient) -> Mirror:
-    """Return this process's pull mirror, starting it on first use; it is stopped at exit.
+def shared_mirror(client: docker.DockerClient, references: Iterable[str] | None = None) -> Mirror:
+    """Return this process's pull mirror holding ``references``; it starts on first use and stops at exit.
 
-    Preloading the mirror pushes every preloaded stand-in (node:18 alone is 300 MB), which costs
-    about 15 s, so one mirror serves every DinD run of a session instead of one per run. It
-    carries the session's labels, so `harness clean` also finds it after a crash.
+    One mirror serves every DinD run of a session. Each call pushes only the references it has
+    not pushed yet, so a run pays for the images it names and nothing else. None means every
+    stand-in of ``DEFAULT_MIRROR_IMAGES`` that exists locally. The mirror carries the session's
+    labels, so `harness clean` also finds it after a crash.
     """
     global _mirror
-    if _mirror is not None and _mirror_running(_mirror):
-        return _mirror
+    if _mirror is None or not _mirror_running(_mirror):
+        # Started empty: a push costs time in proportion to the image's bytes.
+        _mirror = Mirror(client).with_images([]).start()
+        atexit.register(_mirror.stop)
 
-    _mirror = Mirror(client).start()
-    atexit.register(_mirror.stop)
+    wanted = [reference for reference in DEFAULT_MIRROR_IMAGES if _image_exists(client, reference)] \
+        if references is None else list(references)
+    for reference in wanted:
+        if reference not in _mirror.pushed:
+            _mirror.add_image(reference)
     return _mirror
 
 
@@ -300,8 +308,18 @@ class _Session:
                          Variable(spec.password_variable, self.registry.password, masked=True, public=False),
                          Variable(spec.address_variable, spec.hostname, masked=False, public=False)]
         if self.kind == "dind":
-            wiring = wiring + shared_mirror(self.client).wiring()
+            wiring = wiring + shared_mirror(self.client, self._mirror_references()).wiring()
         return variables, wiring
+
+    def _mirror_references(self) -> list[str]:
+        """Return the stand-ins the mirror must hold: those the run's files and variables name."""
+        files = self.scenario.mode_files(self.mode)
+        values = [value for _, value in files.variables] + [variable.value for variable in self.options.variables]
+        texts = run_texts(files.pipeline, self.scenario.project_dir, values)
+        local = [reference for reference in DEFAULT_MIRROR_IMAGES if _image_exists(self.client, reference)]
+        references = named_references(texts, local)
+        log.info("mirror holds the stand-ins this run names: %s", ", ".join(references) or "none")
+        return references
 
     def _runner(self, config: RunnerConfig, wiring: Wiring, project: Project):
         wired = config.with_wiring(extra_hosts=list(wiring.extra_hosts), volumes=list(wiring.volumes))
