@@ -273,7 +273,7 @@ class _Session:
 
         baseline = placement_module.snapshot_engine(self.client, placement_module.HOST, "before the pipeline",
                                                     self.scenario.watch_paths)
-        self.stack.callback(self._remove_what_jobs_left, baseline)
+        self.stack.callback(self._remove_what_jobs_left, baseline, _mounts_host_socket(config))
         runner = self._runner(config, wiring, project)
         snapshots: list[placement_module.Snapshot] = []
         jobs = self._run_stages(runner, compiled, snapshots, config.concurrent)
@@ -392,16 +392,27 @@ class _Session:
         log.info("job %s finished: %s in %.1f s", job.name, result.status, result.duration)
         return result
 
-    def _remove_what_jobs_left(self, baseline: placement_module.Snapshot) -> None:
+    def _remove_what_jobs_left(self, baseline: placement_module.Snapshot, jobs_reach_host: bool) -> None:
         """Remove containers, images and watched paths that jobs created on the host engine.
 
         In DooD a job's own ``docker run`` leaves containers on the host that carry no harness
-        label. They are found by comparing with the snapshot taken before the first job.
-        NOTE: anything another process creates on the same engine during the run is removed too.
-        A disposable sandbox engine per session would remove that risk.
+        label. They are found by comparing with the snapshot taken before the first job. Without
+        the host socket in the runner's volumes, jobs cannot reach the host engine, so only
+        watched paths are removed then.
+        NOTE: in a run whose jobs reach the host engine, anything another process creates on the
+        same engine during the run is removed too. A disposable sandbox engine per session would
+        remove that risk.
         """
         final = placement_module.snapshot_engine(self.client, placement_module.HOST, "teardown",
                                                  self.scenario.watch_paths)
+        # Containers go first, so none of them still writes into a watched path being removed.
+        if jobs_reach_host:
+            self._remove_host_leftovers(baseline, final)
+        for path in set(final.paths) - set(baseline.paths):
+            shutil.rmtree(path, ignore_errors=True)
+            log.info("removed host path %s that a job created", path)
+
+    def _remove_host_leftovers(self, baseline: placement_module.Snapshot, final: placement_module.Snapshot) -> None:
         known = {c.name for c in baseline.containers}
         for record in final.containers:
             if record.name not in known:
@@ -412,9 +423,11 @@ class _Session:
                 continue
             _ignore_missing(lambda: self.client.images.remove(image, force=True))
             log.info("removed image %s that a job built on the host engine", image)
-        for path in set(final.paths) - set(baseline.paths):
-            shutil.rmtree(path, ignore_errors=True)
-            log.info("removed host path %s that a job created", path)
+
+
+def _mounts_host_socket(config: RunnerConfig) -> bool:
+    """Return whether the runner gives jobs the host engine's socket through ``[runners.docker] volumes``."""
+    return any(volume.split(":", 1)[0].endswith("docker.sock") for volume in config.docker.volumes)
 
 
 def _with_pull_policy(config: RunnerConfig, policy: str) -> RunnerConfig:
