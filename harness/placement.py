@@ -117,7 +117,9 @@ def _primary_name(names: list[str]) -> str:
     second slash.
     """
     own = [name.lstrip("/") for name in names if "/" not in name.lstrip("/")]
-    return own[0] if own else (names[0].lstrip("/") if names else "")
+    if own:
+        return own[0]
+    return names[0].lstrip("/") if names else ""
 
 
 _INNER_SCRIPT = (

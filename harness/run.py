@@ -208,7 +208,7 @@ _mirror: Mirror | None = None
 
 
 def shared_mirror(client: docker.DockerClient, references: Iterable[str] | None = None) -> Mirror:
-    """Return this process's pull mirror holding ``references``; it starts on first use and stops at exit.
+    """Return this process's pull mirror with ``references`` pushed; it starts on first use and stops at exit.
 
     One mirror serves every DinD run of a session. Each call pushes only the references it has
     not pushed yet, so a run pays for the images it names and nothing else. None means every
@@ -312,13 +312,13 @@ class _Session:
         return variables, wiring
 
     def _mirror_references(self) -> list[str]:
-        """Return the stand-ins the mirror must hold: those the run's files and variables name."""
+        """Return the stand-ins the mirror must contain: those the run's files and variables name."""
         files = self.scenario.mode_files(self.mode)
         values = [value for _, value in files.variables] + [variable.value for variable in self.options.variables]
         texts = run_texts(files.pipeline, self.scenario.project_dir, values)
         local = [reference for reference in DEFAULT_MIRROR_IMAGES if _image_exists(self.client, reference)]
         references = named_references(texts, local)
-        log.info("mirror holds the stand-ins this run names: %s", ", ".join(references) or "none")
+        log.info("pull mirror: stand-ins named by this run: %s", ", ".join(references) or "none")
         return references
 
     def _runner(self, config: RunnerConfig, wiring: Wiring, project: Project):
