@@ -485,7 +485,13 @@ def _is_stand_in(client, reference: str) -> bool:
 
 
 def _ignore_missing(remove) -> None:
+    """Call ``remove``, treating a resource that is gone or already being removed as removed."""
     try:
         remove()
     except docker.errors.NotFound:
         pass
+    except docker.errors.APIError as error:
+        # Another process on the same engine removes it at this moment: dockerd answers 409.
+        if error.status_code != 409 or "already in progress" not in str(error):
+            raise
+        log.info("removal already in progress elsewhere: %s", error.explanation)
