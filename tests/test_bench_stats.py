@@ -2,7 +2,7 @@
 
 import pytest
 
-from bench.__main__ import comparisons
+from bench.__main__ import comparisons, main
 from bench.report import growth_table
 from bench.stats import Comparison, Series, linear_fit, median_table, ratio, ratio_table
 
@@ -76,3 +76,13 @@ def test_comparisons_only_for_measured_benchmarks():
     assert ("dind-job", "ours", "floor") in names
     assert ("seeding 4 MB", "mirror pull", "save-load") in names
     assert all(benchmark != "suite" for benchmark, _, _ in names)
+
+
+def test_bench_command_rejects_unknown_benchmark(capsys):
+    assert main(["--only", "dind-job,nonsense"]) == 2
+    assert "--only nonsense: unknown benchmark" in capsys.readouterr().err
+
+
+def test_bench_command_rejects_zero_rounds(capsys):
+    assert main(["--rounds", "0"]) == 2
+    assert "--rounds must be at least 1" in capsys.readouterr().err
