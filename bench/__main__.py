@@ -11,8 +11,9 @@ from pathlib import Path
 import docker.errors
 
 from bench import dind_job, pipelines_bench, readiness, report, seeding
-from bench.rounds import run_rounds
+from bench.rounds import RoundFailed, run_rounds
 from bench.stats import Comparison, Series
+from harness.errors import HarnessError
 
 log = logging.getLogger("bench")
 
@@ -50,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: error: --only {','.join(unknown)}: unknown benchmark; use {', '.join(ALL_BENCHMARKS)}"
               if unknown else "bench: error: --rounds must be at least 1", file=sys.stderr)
         return 2
+    sizes = [size.strip() for size in args.seed_sizes.split(",") if size.strip()]
+    if not sizes or not all(size.isdigit() and int(size) > 0 for size in sizes):
+        print(f"bench: error: --seed-sizes {args.seed_sizes!r}: invalid; give whole megabytes such as 4,16,64",
+              file=sys.stderr)
+        return 2
 
     from harness import cleanup, engine, labels
 
@@ -81,19 +87,26 @@ def main(argv: list[str] | None = None) -> int:
 def _run_selected(client, selection: list[str], args, work_dir: Path) -> tuple[list[Series], dict[str, float]]:
     series: list[Series] = []
     megabytes: dict[str, float] = {}
-    if "dind-job" in selection:
-        series += run_rounds("dind-job", dind_job.contenders(work_dir), args.rounds)
-    if "readiness" in selection:
-        series += run_rounds("dind readiness", readiness.contenders(client), args.rounds)
-    if "seed" in selection:
-        series += run_rounds("seed", pipelines_bench.seed_contenders(work_dir), args.rounds)
-    if "seeding" in selection:
-        sizes = [int(size) for size in args.seed_sizes.split(",") if size.strip()]
-        result = seeding.run(client, sizes, args.rounds)
-        series += result.series
-        megabytes = result.megabytes
-    if "suite" in selection:
-        series += run_rounds("suite", pipelines_bench.suite_contenders(work_dir), args.rounds)
+    steps = {
+        "dind-job": lambda: run_rounds("dind-job", dind_job.contenders(work_dir), args.rounds),
+        "readiness": lambda: run_rounds("dind readiness", readiness.contenders(client), args.rounds),
+        "seed": lambda: run_rounds("seed", pipelines_bench.seed_contenders(work_dir), args.rounds),
+        "suite": lambda: run_rounds("suite", pipelines_bench.suite_contenders(work_dir), args.rounds),
+    }
+    for name in selection:
+        # One benchmark's crash (an image that another process removed, say) must not lose the
+        # results of the others, so it is logged and reported as a failed series.
+        try:
+            if name == "seeding":
+                result = seeding.run(client, [int(size) for size in args.seed_sizes.split(",") if size.strip()],
+                                     args.rounds)
+                series += result.series
+                megabytes = result.megabytes
+            else:
+                series += steps[name]()
+        except (docker.errors.DockerException, HarnessError, RoundFailed, OSError) as error:
+            log.error("benchmark %s failed: %s", name, error)
+            series.append(Series(name, "crashed", failures=1))
     return series, megabytes
 
 

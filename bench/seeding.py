@@ -118,6 +118,7 @@ def _timed(command: list[str]) -> float:
 
 
 def _push(mirror: Mirror, local: str, hub: str, series: list[Series]) -> str:
+    _restore(local)
     started = time.monotonic()
     mirror.add_image(hub, local)
     series.append(Series(f"mirror push {hub.split(':')[-1]}", "mirror push", [time.monotonic() - started]))
@@ -125,7 +126,7 @@ def _push(mirror: Mirror, local: str, hub: str, series: list[Series]) -> str:
 
 
 # Tag -> how to build it again. Another process's DooD teardown on the shared engine may remove
-# images created during its run, so save-load rebuilds a missing image before it is timed.
+# images created during its run, so a missing image is built again before it is pushed or saved.
 _BUILDERS: dict[str, object] = {}
 
 

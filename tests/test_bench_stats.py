@@ -86,3 +86,8 @@ def test_bench_command_rejects_unknown_benchmark(capsys):
 def test_bench_command_rejects_zero_rounds(capsys):
     assert main(["--rounds", "0"]) == 2
     assert "--rounds must be at least 1" in capsys.readouterr().err
+
+
+def test_bench_command_rejects_invalid_sizes(capsys):
+    assert main(["--seed-sizes", "4,big"]) == 2
+    assert "--seed-sizes '4,big': invalid" in capsys.readouterr().err
