@@ -45,11 +45,13 @@ def contenders(work_dir: Path) -> dict[str, Contender]:
 
     def peer(round_index: int) -> float:
         checkout = _peer_checkout(work_dir / f"gcl-{round_index}")
+        before = _peer_resources()
         try:
             return timed_command(peer_command(), work_dir / f"dind-job-gitlab-ci-local-{round_index}.log",
                                  cwd=checkout, env=env)
         finally:
             shutil.rmtree(checkout, ignore_errors=True)
+            _remove_peer_leftovers(before)
 
     return {"floor": floor, "ours": ours, "gitlab-ci-local": peer}
 
@@ -74,3 +76,31 @@ def _peer_checkout(directory: Path) -> Path:
         if completed.returncode != 0:
             raise RoundFailed(f"git {command[-1]} in {directory} failed: {completed.stderr.strip()}")
     return directory
+
+
+# gitlab-ci-local names its containers and volumes gcl-<job>-<id>... and its service networks
+# gitlab-ci-local-<id>. It removes them itself, except when a round dies half-way.
+_PEER_PREFIXES = {"container": "gcl-", "volume": "gcl-", "network": "gitlab-ci-local-"}
+
+
+def _peer_resources() -> dict[str, set[str]]:
+    """Return the names of gitlab-ci-local's containers, volumes and networks on the engine."""
+    commands = {"container": ["docker", "ps", "-a", "--format", "{{.Names}}"],
+                "volume": ["docker", "volume", "ls", "--format", "{{.Name}}"],
+                "network": ["docker", "network", "ls", "--format", "{{.Name}}"]}
+    found = {}
+    for kind, command in commands.items():
+        output = subprocess.run(command, capture_output=True, text=True, check=False).stdout
+        found[kind] = {name for name in output.split() if name.startswith(_PEER_PREFIXES[kind])}
+    return found
+
+
+def _remove_peer_leftovers(before: dict[str, set[str]]) -> None:
+    """Remove what a gitlab-ci-local round created and left behind; what existed before stays."""
+    after = _peer_resources()
+    removals = {"container": ["docker", "rm", "-f", "-v"], "network": ["docker", "network", "rm"],
+                "volume": ["docker", "volume", "rm", "-f"]}
+    for kind in ("container", "network", "volume"):
+        leftovers = sorted(after[kind] - before[kind])
+        if leftovers:
+            subprocess.run([*removals[kind], *leftovers], capture_output=True, check=False)
