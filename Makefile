@@ -4,8 +4,13 @@ PYTHON ?= python3
 PYTEST_ARGS ?=
 # The module form works before the shell has seen the new console script on PATH.
 HARNESS = $(PYTHON) -m harness.cli
+# `make bench BENCH=suite` picks benchmarks (comma-separated); empty runs the default set.
+BENCH ?=
+BENCH_ROUNDS ?= 3
+GITLAB_CI_LOCAL_VERSION = 4.60.0
+GITLAB_CI_LOCAL = bench/.tools/node_modules/.bin/gitlab-ci-local
 
-.PHONY: install engine images browser doctor test demo clean
+.PHONY: install engine images browser doctor test demo clean bench-tools bench
 
 install:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[test]'
@@ -31,3 +36,14 @@ demo: images
 
 clean:
 	$(HARNESS) clean
+
+# The peer of the benchmark: gitlab-ci-local from npm in a directory the benchmark owns, plus the
+# rsync it calls on the host and the plotting library of the results chart.
+bench-tools:
+	command -v npm >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
+	command -v rsync >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rsync; }
+	test -x $(GITLAB_CI_LOCAL) || npm install --prefix bench/.tools --no-audit --no-fund --save-exact gitlab-ci-local@$(GITLAB_CI_LOCAL_VERSION)
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check 'matplotlib>=3.7' 'pyinstrument>=4.6'
+
+bench: images bench-tools
+	$(PYTHON) -m bench --rounds $(BENCH_ROUNDS) $(if $(BENCH),--only $(BENCH))

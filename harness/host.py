@@ -130,7 +130,8 @@ def open_sandbox(real_client: docker.DockerClient) -> HostEngine:
     """
     network = _create_infrastructure_network(real_client)
     try:
-        mirror = shared_mirror(real_client, network.name)
+        # Started empty: each run pushes the stand-ins it names.
+        mirror = shared_mirror(real_client, network.name, [])
         registry_state_dir().mkdir(parents=True, exist_ok=True)
         sandbox = (SandboxEngine(real_client).with_network(network.name).with_mirror(mirror)
                    .with_shared_path(REPO_ROOT, read_only=True)

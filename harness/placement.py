@@ -96,18 +96,15 @@ def snapshot_engine(client, daemon: str, when: str, watch_paths: tuple[str, ...]
     # inspected per image and an image removed meanwhile cannot raise ImageNotFound.
     for summary in client.api.images():
         snapshot.images.extend(tag for tag in summary.get("RepoTags") or [] if tag != "<none>:<none>")
+    # The list's summaries carry every field a record needs, so one request reads all containers
+    # instead of one inspection each, and a container removed meanwhile cannot raise NotFound.
     for summary in client.api.containers(all=True):
-        try:
-            attrs = client.api.inspect_container(summary["Id"])
-        except docker.errors.NotFound:
-            # Another process on the same engine removed it between the listing and the inspection.
-            continue
-        if _belongs_to_others(attrs["Config"].get("Labels")):
+        if _belongs_to_others(summary.get("Labels")):
             continue
         snapshot.containers.append(ContainerRecord(
-            name=attrs["Name"].lstrip("/"), id=attrs["Id"][:12], image=attrs["Config"]["Image"],
-            state=attrs["State"]["Status"], network_mode=attrs["HostConfig"].get("NetworkMode", ""),
-            labels=dict(attrs["Config"].get("Labels") or {})))
+            name=_primary_name(summary.get("Names") or []), id=summary["Id"][:12], image=summary.get("Image", ""),
+            state=summary.get("State", ""), network_mode=(summary.get("HostConfig") or {}).get("NetworkMode", ""),
+            labels=dict(summary.get("Labels") or {})))
     snapshot.volumes = [v.name for v in client.volumes.list() if not _belongs_to_others(v.attrs.get("Labels"))]
     snapshot.networks = [n.name for n in client.networks.list() if not _belongs_to_others(n.attrs.get("Labels"))]
     list_path = list_path or _list_local_path
@@ -120,6 +117,18 @@ def snapshot_engine(client, daemon: str, when: str, watch_paths: tuple[str, ...]
 
 def _list_local_path(path: str) -> list[str] | None:
     return sorted(os.listdir(path)) if os.path.isdir(path) else None
+
+
+def _primary_name(names: list[str]) -> str:
+    """Return a container's own name from a list summary's ``Names``.
+
+    Legacy links add names of the form ``/other/alias``, so the own name is the one without a
+    second slash.
+    """
+    own = [name.lstrip("/") for name in names if "/" not in name.lstrip("/")]
+    if own:
+        return own[0]
+    return names[0].lstrip("/") if names else ""
 
 
 _INNER_SCRIPT = (

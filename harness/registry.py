@@ -255,21 +255,28 @@ def _untag(client: docker.DockerClient, reference: str) -> None:
 _mirrors: dict[str | None, Mirror] = {}
 
 
-def shared_mirror(client: docker.DockerClient, network: str | None = None) -> Mirror:
-    """Return this process's pull mirror on ``network`` (None: the default bridge), starting it on first use.
+def shared_mirror(client: docker.DockerClient, network: str | None = None,
+                  references: Iterable[str] | None = None) -> Mirror:
+    """Return this process's pull mirror on ``network`` with ``references`` pushed; it starts on first use.
 
-    Preloading the mirror pushes every preloaded stand-in (node:18 alone is 300 MB), which costs
-    about 15 s, so one mirror per network serves every DinD run of a session instead of one per
-    run. It is stopped at exit, or earlier by :func:`stop_shared_mirror`. It carries the
-    session's labels, so `harness clean` also finds it after a crash.
+    One mirror per network (None: the default bridge) serves every run of a session. Each call
+    pushes only the references not pushed yet, so a run pays for the images it names and nothing
+    else. None means every stand-in of ``DEFAULT_MIRROR_IMAGES`` that exists locally. The mirror
+    is stopped at exit, or earlier by :func:`stop_shared_mirror`. It carries the session's labels,
+    so `harness clean` also finds it after a crash.
     """
     mirror = _mirrors.get(network)
-    if mirror is not None and _mirror_running(mirror):
-        return mirror
+    if mirror is None or not _mirror_running(mirror):
+        # Started empty: a push costs time in proportion to the image's bytes.
+        mirror = Mirror(client).with_network(network).with_images([]).start()
+        _mirrors[network] = mirror
+        atexit.register(mirror.stop)
 
-    mirror = Mirror(client).with_network(network).start()
-    _mirrors[network] = mirror
-    atexit.register(mirror.stop)
+    wanted = list(references) if references is not None else [
+        reference for reference in DEFAULT_MIRROR_IMAGES if _exists(client, reference)]
+    for reference in wanted:
+        if reference not in mirror.pushed:
+            mirror.add_image(reference)
     return mirror
 
 
@@ -286,3 +293,11 @@ def _mirror_running(mirror: Mirror) -> bool:
     except docker.errors.NotFound:
         return False
     return mirror.container.status == "running"
+
+
+def _exists(client: docker.DockerClient, reference: str) -> bool:
+    try:
+        client.images.get(reference)
+    except docker.errors.ImageNotFound:
+        return False
+    return True

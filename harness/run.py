@@ -25,9 +25,10 @@ from harness import placement as placement_module
 from harness import stage_jobs
 from harness.errors import InputError
 from harness.host import HostEngine
+from harness.mirror_images import named_references, run_texts
 from harness.pipeline import CompiledJob, Pipeline, compile_pipeline, load_pipeline
 from harness.project import Project
-from harness.registry import Registry, shared_mirror
+from harness.registry import DEFAULT_MIRROR_IMAGES, Registry, shared_mirror
 from harness.registry_trust import Wiring
 from harness.runner import RUNNER_IMAGE, InProcessRunner, RunnerContainer, render_toml
 from harness.executor.settings import DEFAULT_HELPER_IMAGE
@@ -249,7 +250,7 @@ class _Session:
 
         self._seed_host(pipeline, config)
         baseline = self._snapshot_host("before the pipeline")
-        self.stack.callback(self._remove_what_jobs_left, baseline)
+        self.stack.callback(self._remove_what_jobs_left, baseline, _mounts_host_socket(config))
         runner = self._runner(config, wiring, project)
         snapshots: list[placement_module.Snapshot] = []
         jobs = self._run_stages(runner, compiled, snapshots, config.concurrent)
@@ -285,8 +286,26 @@ class _Session:
                          Variable(spec.password_variable, self.registry.password, masked=True, public=False),
                          Variable(spec.address_variable, spec.hostname, masked=False, public=False)]
         if self.kind == "dind":
-            wiring = wiring + shared_mirror(self.host.real_client, self.host.network).wiring()
+            wiring = wiring + self._mirror().wiring()
+        elif self.host.sandbox is not None:
+            # A sandbox daemon pulls what DooD jobs name (FROM lines, docker run) through the mirror.
+            self._mirror()
         return variables, wiring
+
+    def _mirror(self):
+        """Return the shared pull mirror of the host's network, with the stand-ins this run names pushed."""
+        return shared_mirror(self.host.real_client, self.host.network, self._mirror_references())
+
+    def _mirror_references(self) -> list[str]:
+        """Return the stand-ins the mirror must contain: those the run's files and variables name."""
+        files = self.scenario.mode_files(self.mode)
+        values = [value for _, value in files.variables] + [variable.value for variable in self.options.variables]
+        texts = run_texts(files.pipeline, self.scenario.project_dir, values)
+        local = [reference for reference in DEFAULT_MIRROR_IMAGES
+                 if _image_exists(self.host.real_client, reference)]
+        references = named_references(texts, local)
+        log.info("pull mirror: stand-ins named by this run: %s", ", ".join(references) or "none")
+        return references
 
     def _runner(self, config: RunnerConfig, wiring: Wiring, project: Project):
         wired = config.with_wiring(extra_hosts=list(wiring.extra_hosts), volumes=list(wiring.volumes))
@@ -370,15 +389,26 @@ class _Session:
         return placement_module.snapshot_engine(self.client, placement_module.HOST, when, self.scenario.watch_paths,
                                                 list_path=self.host.list_path)
 
-    def _remove_what_jobs_left(self, baseline: placement_module.Snapshot) -> None:
+    def _remove_what_jobs_left(self, baseline: placement_module.Snapshot, jobs_reach_host: bool) -> None:
         """Remove containers, images and watched paths that jobs created on the host engine.
 
         In DooD a job's own ``docker run`` leaves containers on the host that carry no harness
-        label. They are found by comparing with the snapshot taken before the first job.
-        NOTE: anything another process creates on the same engine during the run is removed too.
-        A disposable sandbox engine per session would remove that risk.
+        label. They are found by comparing with the snapshot taken before the first job. Without
+        the host socket in the runner's volumes, jobs cannot reach the host engine, so only
+        watched paths are removed then.
+        NOTE: in a run whose jobs reach the host engine, anything another process creates on the
+        same engine during the run is removed too. A disposable sandbox engine per session would
+        remove that risk.
         """
         final = self._snapshot_host("teardown")
+        # Containers go first, so none of them still writes into a watched path being removed.
+        if jobs_reach_host:
+            self._remove_host_leftovers(baseline, final)
+        for path in set(final.paths) - set(baseline.paths):
+            self.host.remove_path(path)
+            log.info("removed host path %s that a job created", path)
+
+    def _remove_host_leftovers(self, baseline: placement_module.Snapshot, final: placement_module.Snapshot) -> None:
         known = {c.name for c in baseline.containers}
         for record in final.containers:
             if record.name not in known:
@@ -389,9 +419,11 @@ class _Session:
                 continue
             _ignore_missing(lambda: self.client.images.remove(image, force=True))
             log.info("removed image %s that a job built on the host engine", image)
-        for path in set(final.paths) - set(baseline.paths):
-            self.host.remove_path(path)
-            log.info("removed host path %s that a job created", path)
+
+
+def _mounts_host_socket(config: RunnerConfig) -> bool:
+    """Return whether the runner gives jobs the host engine's socket through ``[runners.docker] volumes``."""
+    return any(volume.split(":", 1)[0].endswith("docker.sock") for volume in config.docker.volumes)
 
 
 def _with_pull_policy(config: RunnerConfig, policy: str) -> RunnerConfig:
@@ -449,7 +481,13 @@ def _is_stand_in(client, reference: str) -> bool:
 
 
 def _ignore_missing(remove) -> None:
+    """Call ``remove``, treating a resource that is gone or already being removed as removed."""
     try:
         remove()
     except docker.errors.NotFound:
         pass
+    except docker.errors.APIError as error:
+        # Another process on the same engine removes it at this moment: dockerd answers 409.
+        if error.status_code != 409 or "already in progress" not in str(error):
+            raise
+        log.info("removal already in progress elsewhere: %s", error.explanation)
