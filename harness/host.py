@@ -27,6 +27,7 @@ from typing import Callable
 
 import docker
 import docker.errors
+import requests
 import docker.types
 
 from harness import labels
@@ -60,6 +61,8 @@ class HostEngine:
     sandbox: SandboxEngine | None = None
     # The real engine's network for the mirror and registries; None is the default bridge.
     network: str | None = None
+    # Whether close() also stops the network's mirror and removes the network.
+    owns_network: bool = True
 
     @classmethod
     def local(cls, client: docker.DockerClient) -> HostEngine:
@@ -81,11 +84,25 @@ class HostEngine:
         if self.sandbox is None:
             return
         self.sandbox.stop()
+        if not self.owns_network:
+            return
         stop_shared_mirror(self.network)
         try:
             _remove_network(self.real_client.networks.get(self.network))
         except docker.errors.NotFound:
             pass
+
+    def another_sandbox(self) -> HostEngine:
+        """Start another sandbox on this sandbox's network and mirror; its close() leaves both alone."""
+        sandbox = _start_sandbox(self.real_client, self.network, self.sandbox.mirror)
+        return HostEngine("sandbox", sandbox.client, self.real_client, sandbox, self.network, owns_network=False)
+
+    def responds(self) -> bool:
+        """Return whether the host's daemon still answers a ping."""
+        try:
+            return bool(self.client.ping())
+        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError):
+            return False
 
     def list_path(self, path: str) -> list[str] | None:
         """Return the file names in the host directory ``path``, or None when it is no directory."""
@@ -131,18 +148,21 @@ def open_sandbox(real_client: docker.DockerClient) -> HostEngine:
     network = _create_infrastructure_network(real_client)
     try:
         # Started empty: each run pushes the stand-ins it names.
-        mirror = shared_mirror(real_client, network.name, [])
-        registry_state_dir().mkdir(parents=True, exist_ok=True)
-        sandbox = (SandboxEngine(real_client).with_network(network.name).with_mirror(mirror)
-                   .with_shared_path(REPO_ROOT, read_only=True)
-                   .with_shared_path(tempfile.gettempdir())
-                   .with_shared_path(registry_state_dir())
-                   .start())
+        sandbox = _start_sandbox(real_client, network.name, shared_mirror(real_client, network.name, []))
     except BaseException:
         stop_shared_mirror(network.name)
         _remove_network(network)
         raise
     return HostEngine("sandbox", sandbox.client, real_client, sandbox, network.name)
+
+
+def _start_sandbox(real_client: docker.DockerClient, network: str, mirror) -> SandboxEngine:
+    registry_state_dir().mkdir(parents=True, exist_ok=True)
+    return (SandboxEngine(real_client).with_network(network).with_mirror(mirror)
+            .with_shared_path(REPO_ROOT, read_only=True)
+            .with_shared_path(tempfile.gettempdir())
+            .with_shared_path(registry_state_dir())
+            .start())
 
 
 def _create_infrastructure_network(client: docker.DockerClient):

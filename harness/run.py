@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
+import requests
 
 from harness import placement as placement_module
 from harness import stage_jobs
@@ -235,6 +236,8 @@ class _Session:
         # The mode's kind, not its free-form name, decides how the registry and mirror are wired.
         self.kind = scenario.mode_files(mode).kind
         self.registry: Registry | None = None
+        # Set once the host engine stops answering; snapshots and teardown then skip it.
+        self.host_lost = False
         self.secrets: list[str] = []
 
     def run(self, pipeline, config: RunnerConfig) -> RunResult:
@@ -314,8 +317,16 @@ class _Session:
         config_toml = render_toml(wired.to_dict())
         runner_class = InProcessRunner if self.options.in_process else RunnerContainer
         runner = runner_class(self.client, config_toml, project.repo_dir, self.scenario.watch_paths).start()
-        self.stack.callback(runner.close)
+        self.stack.callback(self._close_runner, runner)
         return runner
+
+    def _close_runner(self, runner) -> None:
+        try:
+            runner.close()
+        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError):
+            if not self.host_lost:
+                raise
+            log.warning("runner container not removed: the host engine (%s) is gone", self.host.description)
 
     def _run_stages(self, runner, compiled, snapshots, concurrent: int = 1) -> list[JobResult]:
         results: list[JobResult] = []
@@ -366,7 +377,12 @@ class _Session:
         started = time.monotonic()
         started_at = time.time()
         chunks: list[str] = []
-        details = runner.run_job(job.payload, chunks.append, concurrent_id=concurrent_id)
+        try:
+            details = runner.run_job(job.payload, chunks.append, concurrent_id=concurrent_id)
+        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as error:
+            if self.host.responds():
+                raise
+            return self._host_engine_lost(job, chunks, started, started_at, error)
         trace = mask("".join(chunks), self.secrets)
 
         for observed in details.get("snapshots", []):
@@ -377,6 +393,16 @@ class _Session:
         log.info("job %s finished: %s in %.1f s", job.name, result.status, result.duration)
         return result
 
+    def _host_engine_lost(self, job: CompiledJob, chunks: list[str], started: float, started_at: float,
+                          error: Exception) -> JobResult:
+        """Return a failed result for ``job``, whose host engine stopped answering while it ran."""
+        self.host_lost = True
+        reason = f"the host engine ({self.host.description}) stopped responding during the job: {error}"
+        log.error("job %s failed, because %s", job.name, reason)
+        return JobResult(job.name, job.stage, "failed", None, mask("".join(chunks), self.secrets),
+                         time.monotonic() - started, {}, started_at, _docker_host(job.payload),
+                         reason=mask(reason, self.secrets))
+
     def _seed_host(self, pipeline, config: RunnerConfig) -> None:
         """Pull into a sandbox host the images this run names, through the shared mirror."""
         if self.host.sandbox is None:
@@ -386,6 +412,8 @@ class _Session:
         self.host.sandbox.seed(dict.fromkeys(image for image in wanted if "$" not in image))
 
     def _snapshot_host(self, when: str) -> placement_module.Snapshot:
+        if self.host_lost:
+            return placement_module.Snapshot(placement_module.HOST, f"{when} (host engine gone)")
         return placement_module.snapshot_engine(self.client, placement_module.HOST, when, self.scenario.watch_paths,
                                                 list_path=self.host.list_path)
 
@@ -400,6 +428,9 @@ class _Session:
         same engine during the run is removed too. A disposable sandbox engine per session would
         remove that risk.
         """
+        if self.host_lost:
+            log.warning("host engine (%s) is gone; what jobs left on it is not removed", self.host.description)
+            return
         final = self._snapshot_host("teardown")
         # Containers go first, so none of them still writes into a watched path being removed.
         if jobs_reach_host:

@@ -8,6 +8,8 @@ local host the job would remove it.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 import docker.errors
 import pytest
@@ -111,3 +113,36 @@ def test_local_host_warns(engine_client, caplog):
     assert chosen.kind == "local"
     assert chosen.client is engine_client
     assert host.LOCAL_WARNING in caplog.text
+
+
+def test_engine_stop_mid_job_fails_job(engine_client, sandbox_host, scenario_runs):
+    doomed = sandbox_host.another_sandbox()
+    try:
+        killer = threading.Thread(target=_kill_when_build_container_runs, args=(doomed,), daemon=True)
+        killer.start()
+        result = run.run_scenario(engine_client, load_scenario("seed"), "dood", run.RunOptions(host=doomed))
+        killer.join(timeout=60)
+    finally:
+        doomed.close()
+
+    # Catches a run that crashes, hangs or reports success when its host engine dies mid-job.
+    build = result.job("BuildImages")
+    assert build.status == "failed"
+    assert f"the host engine ({doomed.description}) stopped responding during the job" in build.reason
+    assert result.job("TestImage").status == "skipped"
+    # Catches a teardown that stops at the dead engine and leaves the run's registry behind.
+    assert not engine_client.api.containers(all=True, filters={"label": f"{labels.SESSION}={labels.session_id()}",
+                                                                "name": "-registry-"})
+    # The harness still runs jobs afterwards, on the session's own sandbox.
+    assert scenario_runs("seed", "dood").succeeded
+
+
+def _kill_when_build_container_runs(doomed: host.HostEngine) -> None:
+    """Kill the sandbox container once a job's build container exists in it."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        summaries = doomed.client.api.containers(filters={"name": "-build"})
+        if any(summary["Names"][0].endswith("-build") for summary in summaries):
+            doomed.real_client.api.kill(doomed.sandbox.container.id)
+            return
+        time.sleep(0.2)

@@ -1,0 +1,108 @@
+"""A `harness run` stopped in the middle of a DinD job, by Ctrl-C and by SIGKILL.
+
+Ctrl-C runs the normal teardown, so nothing of the run's session is left. SIGKILL leaves the
+session's labelled resources behind, and the dead-session sweep that every new pytest session
+runs first (``cleanup.clean(dead_only=True)``) removes all of them.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from harness import cleanup
+from harness.registry_trust import HOST_CERTS_DIR, HOSTS_FILE
+from harness.sandbox import sandboxes_dir
+
+pytestmark = [pytest.mark.engine, pytest.mark.dind, pytest.mark.slow]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+JOB_STARTED = "job BuildImages (stage build) starting"
+START_TIMEOUT_SECONDS = 600
+TEARDOWN_TIMEOUT_SECONDS = 300
+
+
+class _Run:
+    """`harness run seed --mode dind` in a subprocess under its own session id, with its log lines."""
+
+    def __init__(self) -> None:
+        self.session = secrets.token_hex(4)
+        environment = {**os.environ, "HARNESS_SESSION_ID": self.session}
+        environment.pop("HARNESS_OWNER_PID", None)
+        self.process = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", "seed", "--mode", "dind"],
+                                        cwd=REPO_ROOT, env=environment, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE, text=True)
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stderr:
+            self.lines.put(line)
+
+    def wait_for_line(self, text: str) -> None:
+        """Block until a log line contains ``text``; fail when the run ends or times out first."""
+        seen = []
+        while True:
+            try:
+                line = self.lines.get(timeout=START_TIMEOUT_SECONDS)
+            except queue.Empty:
+                pytest.fail(f"no log line with {text!r} within {START_TIMEOUT_SECONDS} s; log:\n{''.join(seen)}")
+            seen.append(line)
+            if text in line:
+                return
+            if self.process.poll() is not None and self.lines.empty():
+                pytest.fail(f"the run exited with {self.process.returncode} before {text!r}; log:\n{''.join(seen)}")
+
+    def kill(self) -> None:
+        """Send SIGKILL before the run leaves the job, so no teardown code runs."""
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+
+def _leftovers(client, session: str) -> list[str]:
+    """Return every labelled resource, sandbox directory and host trust entry of ``session``."""
+    found = cleanup.clean(client, session=session, dry_run=True)
+    names = [name for rows in (found.containers, found.networks, found.volumes) for name, _ in rows]
+    names += [str(path) for path in sandboxes_dir().glob(f"*-{session}-*")]
+    names += [line for line in HOSTS_FILE.read_text().splitlines() if session in line]
+    if HOST_CERTS_DIR.is_dir():
+        names += [str(marker) for marker in HOST_CERTS_DIR.glob("*/*") if marker.is_file()
+                  and marker.name != "ca.crt" and session in marker.read_text()]
+    return names
+
+
+def test_ctrl_c_mid_job_leaves_nothing(engine_client):
+    run = _Run()
+    run.wait_for_line(JOB_STARTED)
+
+    run.process.send_signal(signal.SIGINT)
+    returncode = run.process.wait(timeout=TEARDOWN_TIMEOUT_SECONDS)
+
+    # Catches a Ctrl-C that skips the teardown (anything left) or that is reported as a crash.
+    assert returncode == 130
+    assert _leftovers(engine_client, run.session) == []
+
+
+def test_sigkill_mid_job_swept_next_session(engine_client):
+    run = _Run()
+    run.wait_for_line(JOB_STARTED)
+
+    run.kill()
+    left = _leftovers(engine_client, run.session)
+    # Without these the test would prove nothing: SIGKILL skips every teardown, so the sandbox,
+    # its volume, the infrastructure network, the mirror and the registry are still there.
+    assert any("-sandbox-" in name for name in left), left
+    assert any("-registry-" in name for name in left), left
+
+    cleanup.clean(engine_client, dead_only=True)
+
+    # Catches a sweep that misses a labelled resource, a sandbox directory or host trust.
+    assert _leftovers(engine_client, run.session) == []
