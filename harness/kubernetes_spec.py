@@ -93,12 +93,17 @@ def load_pod(path: str | Path) -> PodSpec:
     """
     path = Path(path)
     try:
-        document = yaml.safe_load(path.read_text())
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise InputError(str(path), "", f"cannot read the pod manifest ({error.strerror})",
                          "give the path of an existing YAML file") from error
+    except UnicodeDecodeError as error:
+        raise InputError(str(path), "", f"cannot read the pod manifest ({error})",
+                         "save the file as UTF-8 text") from error
     except yaml.YAMLError as error:
-        raise InputError(str(path), "", f"invalid YAML ({error})", "fix the YAML syntax") from error
+        # PyYAML's message spans several lines (problem, context, position), but the error is one line.
+        problem = " ".join(str(error).split())
+        raise InputError(str(path), "", f"invalid YAML ({problem})", "fix the YAML syntax") from error
     return parse_pod(document, str(path))
 
 
