@@ -261,7 +261,10 @@ class _Session:
         compiled = compile_pipeline(pipeline, project, branch=self.options.branch or self.scenario.branch,
                                     variables=[*variables, *self.options.variables],
                                     pipeline_id=pipeline_id, first_job_id=pipeline_id * JOBS_PER_PIPELINE + 1)
-        self.secrets = [v.value for v in [*variables, *self.options.variables] if v.masked]
+        # Each job's payload adds masked values of its own: CI_JOB_TOKEN and CI_REGISTRY_PASSWORD.
+        payload_secrets = [value for job in compiled.jobs for value in job.masked_values()]
+        self.secrets = list(dict.fromkeys(
+            [v.value for v in [*variables, *self.options.variables] if v.masked] + payload_secrets))
 
         baseline = placement_module.snapshot_engine(self.client, placement_module.HOST, "before the pipeline",
                                                     self.scenario.watch_paths)
