@@ -25,7 +25,7 @@ import docker
 
 from harness import placement as placement_module
 from harness import stage_jobs
-from harness.errors import InputError
+from harness.errors import InputError, RegistryError
 from harness.pipeline import CompiledJob, Pipeline, compile_pipeline, load_pipeline
 from harness.project import Project
 from harness.registry import Mirror, Registry
@@ -277,9 +277,32 @@ class _Session:
                            placement_module.Placement(self.mode, baseline, snapshots), secrets=self.secrets,
                            runner_volumes=list(config.docker.volumes))
         if self.registry is not None:
-            result.registry_tags = self.registry.tags()
+            result.registry_tags = self._registry_tags()
             result.registry_log = mask(self.registry.logs(tail="all"), self.secrets)
         return result
+
+    def _registry_tags(self) -> dict[str, list[str]]:
+        """Return what the registry stores, or {} when it stopped during the run (logged)."""
+        try:
+            return self.registry.tags()
+        except RegistryError as error:
+            log.warning("listing the registry's tags after the run failed: %s", error)
+            return {}
+
+    def _registry_fault(self) -> str:
+        """Return one line saying that the registry stopped, or "" while it runs (or none exists)."""
+        if self.registry is None or self.registry.container is None:
+            return ""
+        try:
+            self.registry.container.reload()
+        except docker.errors.NotFound:
+            return f"the registry {self.registry.address} ({self.registry.name}) was removed during the job"
+        state = self.registry.container.attrs["State"]
+        if state.get("Running"):
+            return ""
+        last_line = (self.registry.logs(tail=1).strip().splitlines() or [""])[-1]
+        return (f"the registry {self.registry.address} ({self.registry.name}) stopped during the job "
+                f"with exit code {state.get('ExitCode')}; its last log line: {mask(last_line, self.secrets)}")
 
     def _project(self) -> Project:
         work_dir = Path(self.stack.enter_context(
@@ -374,7 +397,10 @@ class _Session:
                                                           f"after {job.name}", self.scenario.watch_paths))
         result = JobResult(job.name, job.stage, details.get("status", "failed"), details.get("exit_code"),
                            trace, time.monotonic() - started, details, started_at, _docker_host(job.payload))
-        log.info("job %s finished: %s in %.1f s", job.name, result.status, result.duration)
+        if result.status == "failed":
+            result.reason = mask(details.get("fault") or self._registry_fault(), self.secrets)
+        because = f", because {result.reason}" if result.reason else ""
+        log.info("job %s finished: %s in %.1f s%s", job.name, result.status, result.duration, because)
         return result
 
     def _remove_what_jobs_left(self, baseline: placement_module.Snapshot) -> None:
