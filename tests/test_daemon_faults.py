@@ -63,7 +63,9 @@ PushLarge:
     - docker login -u "$REGISTRY_USER" -p "$REGISTRY_PASSWORD" "$REGISTRY_ADDRESS"
     - printf 'FROM busybox\nRUN head -c 200000000 /dev/urandom > /blob\n' > Dockerfile
     - docker build -t "$REGISTRY_ADDRESS/group/large:1" .
-    - docker push "$REGISTRY_ADDRESS/group/large:1"
+    # dockerd 20.10 retries a failed upload 5 times with growing delays (2 minutes here), so the
+    # job stops waiting earlier.
+    - timeout 30 docker push "$REGISTRY_ADDRESS/group/large:1"
 
 PushSmall:
   script:
@@ -194,7 +196,7 @@ def test_registry_stopped_mid_push(engine_client, faults_scenario) -> None:
 
     job = result.job("PushLarge")
     assert job.status == "failed", job.trace
-    assert job.exit_code == 1, job.trace
+    assert job.exit_code in (1, 124), job.trace
     assert f"the registry {REGISTRY_HOST} (" in job.reason
     assert ") stopped during the job with exit code " in job.reason
     assert job.reason in result.summary()
