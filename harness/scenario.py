@@ -262,6 +262,8 @@ def _branch(path: Path, project: dict) -> str:
 
 def _inside(path: Path, folder: Path, key: str, relative: str) -> Path:
     """Resolve ``relative`` against the scenario folder and reject anything that leaves it."""
+    if "\0" in relative:
+        raise InputError(path, key, f"{relative!r} contains a NUL character", "remove it from the path")
     if Path(relative).is_absolute():
         raise InputError(path, key, f"absolute path {relative!r}", "give a path relative to the scenario folder")
     resolved = (folder / relative).resolve()

@@ -343,6 +343,30 @@ def test_run_with_hostile_pipeline_leaves_nothing(document, engine_client, plain
     pytest.fail("the run started although no job was selected")
 
 
+@pytest.mark.engine
+@pytest.mark.images
+@settings(max_examples=8, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(document=runner_configs)
+def test_run_with_hostile_config_leaves_nothing(document, engine_client, plain_seed_copy: Path) -> None:
+    from harness.run import RunOptions, run_scenario
+
+    (plain_seed_copy / "project" / ".gitlab-ci.yml").write_text((SEED / "project" / ".gitlab-ci.yml").read_text())
+    path = plain_seed_copy / "config.dind.toml"
+    path.write_text(tomli_w.dumps(document))
+    scenario = load_scenario(plain_seed_copy)
+    before = _session_resources(engine_client)
+
+    try:
+        run_scenario(engine_client, scenario, "dind", RunOptions(jobs=("no-such-job-selected",)))
+    except InputError as error:
+        assert error.file in (str(path), str(scenario.modes["dind"].pipeline)), error
+        assert_input_error(error, Path(error.file))
+        assert _session_resources(engine_client) == before
+        return
+    pytest.fail("the run started although no job was selected")
+
+
 def _session_resources(client) -> set[str]:
     session = labels.session_filter()
     found = {f"container {c.name}" for c in client.containers.list(all=True, filters=session)}
