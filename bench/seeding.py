@@ -106,7 +106,7 @@ def _mirror_pull(container: str, local: str, hub: str) -> float:
 
 def _save_load(container: str, local: str, hub: str) -> float:
     _restore(local)
-    return _timed(["sh", "-c", f'docker save "$1" | docker exec -i "$2" docker load -q', "save-load", local, container])
+    return _timed(["sh", "-c", 'docker save "$1" | docker exec -i "$2" docker load -q', "save-load", local, container])
 
 
 def _timed(command: list[str]) -> float:

@@ -84,7 +84,9 @@ def _parse_variables(pairs: list[str], masked: bool) -> list:
     for pair in pairs:
         key, separator, value = pair.partition("=")
         if not separator or not key:
-            raise InputError("command line", option, f"{pair!r} is not KEY=VALUE", f"write {option} KEY=VALUE")
+            # The text may be the secret itself, so a masked one is not repeated in the error.
+            described = "the value" if masked else repr(pair)
+            raise InputError("command line", option, f"{described} is not KEY=VALUE", f"write {option} KEY=VALUE")
         if not _VARIABLE_KEY.fullmatch(key):
             raise InputError("command line", f"{option} {key}", "invalid variable name",
                              "use at most 255 letters, digits and '_'")
@@ -104,7 +106,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _run_modes(args: argparse.Namespace) -> list:
     """Run the scenario, or the user's own pipeline, in every selected mode and print each result."""
-    from harness import engine, host, run
+    from harness import engine, run
 
     loaded, modes = _scenario_and_modes(args)
     options = run.RunOptions(in_process=args.debug_in_process, branch=args.branch,

@@ -26,7 +26,13 @@ class InputError(HarnessError):
 
     def __str__(self) -> str:
         location = f"{self.file}: {self.key}" if self.key else self.file
-        return f"{location}: {self.problem}; {self.fix}"
+        # A value quoted from the input may contain line breaks, and the error must stay one line.
+        return _one_line(f"{location}: {self.problem}; {self.fix}")
+
+
+def _one_line(text: str) -> str:
+    """Return ``text`` with carriage returns and newlines written as ``\\r`` and ``\\n``."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 class EngineError(HarnessError):

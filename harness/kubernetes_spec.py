@@ -93,12 +93,17 @@ def load_pod(path: str | Path) -> PodSpec:
     """
     path = Path(path)
     try:
-        document = yaml.safe_load(path.read_text())
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise InputError(str(path), "", f"cannot read the pod manifest ({error.strerror})",
                          "give the path of an existing YAML file") from error
+    except UnicodeDecodeError as error:
+        raise InputError(str(path), "", f"cannot read the pod manifest ({error})",
+                         "save the file as UTF-8 text") from error
     except yaml.YAMLError as error:
-        raise InputError(str(path), "", f"invalid YAML ({error})", "fix the YAML syntax") from error
+        # PyYAML's message spans several lines (problem, context, position), but the error is one line.
+        problem = " ".join(str(error).split())
+        raise InputError(str(path), "", f"invalid YAML ({problem})", "fix the YAML syntax") from error
     return parse_pod(document, str(path))
 
 
@@ -135,7 +140,7 @@ def parse_pod(document: object, source: str = "<pod>") -> PodSpec:
         checker.fail("spec.terminationGracePeriodSeconds", f"invalid value {grace!r}", "give whole seconds >= 0")
     return PodSpec(name=name, containers=containers, volumes=volumes, restart_policy=policy,
                    host_aliases=checker.host_aliases(spec.get("hostAliases", [])), grace_seconds=grace,
-                   labels=dict(metadata.get("labels") or {}), source=source)
+                   labels=checker.labels(metadata.get("labels"), "metadata.labels"), source=source)
 
 
 def parse_cpu(value: object) -> int:
@@ -182,6 +187,14 @@ class _Checker:
         if not isinstance(value, str) or not _NAME.match(value):
             self.fail(key, f"invalid name {value!r}", "use lowercase letters, digits and '-' (RFC 1123 label)")
         return value
+
+    def labels(self, value: object, key: str) -> dict[str, str]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict) or not all(isinstance(name, str) and isinstance(text, str)
+                                                  for name, text in value.items()):
+            self.fail(key, "expected a mapping of label names to strings", 'write app: "demo" and quote numbers')
+        return dict(value)
 
     def strings(self, value: object, key: str) -> tuple[str, ...] | None:
         if value is None:

@@ -24,7 +24,7 @@ import requests
 
 from harness import placement as placement_module
 from harness import stage_jobs
-from harness.errors import InputError
+from harness.errors import InputError, RegistryError
 from harness.host import HostEngine
 from harness.mirror_images import named_references, run_texts
 from harness.pipeline import CompiledJob, Pipeline, compile_pipeline, load_pipeline
@@ -249,7 +249,10 @@ class _Session:
         compiled = compile_pipeline(pipeline, project, branch=self.options.branch or self.scenario.branch,
                                     variables=[*variables, *self.options.variables],
                                     pipeline_id=pipeline_id, first_job_id=pipeline_id * JOBS_PER_PIPELINE + 1)
-        self.secrets = [v.value for v in [*variables, *self.options.variables] if v.masked]
+        # Each job's payload adds masked values of its own: CI_JOB_TOKEN and CI_REGISTRY_PASSWORD.
+        payload_secrets = [value for job in compiled.jobs for value in job.masked_values()]
+        self.secrets = list(dict.fromkeys(
+            [v.value for v in [*variables, *self.options.variables] if v.masked] + payload_secrets))
 
         self._seed_host(pipeline, config)
         baseline = self._snapshot_host("before the pipeline")
@@ -262,9 +265,32 @@ class _Session:
                            placement_module.Placement(self.mode, baseline, snapshots), secrets=self.secrets,
                            runner_volumes=list(config.docker.volumes), host=self.host.description)
         if self.registry is not None:
-            result.registry_tags = self.registry.tags()
+            result.registry_tags = self._registry_tags()
             result.registry_log = mask(self.registry.logs(tail="all"), self.secrets)
         return result
+
+    def _registry_tags(self) -> dict[str, list[str]]:
+        """Return what the registry stores, or {} when it stopped during the run (logged)."""
+        try:
+            return self.registry.tags()
+        except RegistryError as error:
+            log.warning("listing the registry's tags after the run failed: %s", error)
+            return {}
+
+    def _registry_fault(self) -> str:
+        """Return one line saying that the registry stopped, or "" while it runs (or none exists)."""
+        if self.registry is None or self.registry.container is None:
+            return ""
+        try:
+            self.registry.container.reload()
+        except docker.errors.NotFound:
+            return f"the registry {self.registry.address} ({self.registry.name}) was removed during the job"
+        state = self.registry.container.attrs["State"]
+        if state.get("Running"):
+            return ""
+        last_line = (self.registry.logs(tail=1).strip().splitlines() or [""])[-1]
+        return (f"the registry {self.registry.address} ({self.registry.name}) stopped during the job "
+                f"with exit code {state.get('ExitCode')}; its last log line: {mask(last_line, self.secrets)}")
 
     def _project(self) -> Project:
         work_dir = Path(self.stack.enter_context(
@@ -390,7 +416,10 @@ class _Session:
         snapshots.append(self._snapshot_host(f"after {job.name}"))
         result = JobResult(job.name, job.stage, details.get("status", "failed"), details.get("exit_code"),
                            trace, time.monotonic() - started, details, started_at, _docker_host(job.payload))
-        log.info("job %s finished: %s in %.1f s", job.name, result.status, result.duration)
+        if result.status == "failed":
+            result.reason = mask(details.get("fault") or self._registry_fault(), self.secrets)
+        because = f", because {result.reason}" if result.reason else ""
+        log.info("job %s finished: %s in %.1f s%s", job.name, result.status, result.duration, because)
         return result
 
     def _host_engine_lost(self, job: CompiledJob, chunks: list[str], started: float, started_at: float,

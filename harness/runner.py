@@ -25,6 +25,7 @@ import docker.errors
 
 from harness import labels
 from harness.engine import state_dir
+from harness.variables import mask, masked_values
 
 log = logging.getLogger(__name__)
 
@@ -144,13 +145,15 @@ class RunnerContainer:
         for path in self.watch_paths:
             command += ["--watch", path]
         execution = self.client.api.exec_create(self.container.id, command)
+        secrets = masked_values(payload.get("variables", []))
         # The trace is the executor's stdout; its stderr carries the executor's own log lines,
-        # which belong in the harness log, not in the job's trace.
+        # which belong in the harness log, not in the job's trace. Those can quote a failing
+        # Docker request, so they are masked like the trace.
         for stdout, stderr in self.client.api.exec_start(execution["Id"], stream=True, demux=True):
             if stdout:
                 on_trace(stdout.decode(errors="replace"))
             if stderr:
-                for line in stderr.decode(errors="replace").splitlines():
+                for line in mask(stderr.decode(errors="replace"), secrets).splitlines():
                     log.warning("executor in %s: %s", self.container.name, line)
 
         exit_code = self.client.api.exec_inspect(execution["Id"])["ExitCode"]

@@ -238,6 +238,9 @@ def load_runner_config(path: str | Path, runner_name: str | None = None) -> Runn
             data = tomllib.load(handle)
     except FileNotFoundError:
         raise InputError(file, "", "file not found", "pass the path of the runner's config.toml") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(file, "", f"cannot read the file: {error}",
+                         "check the file permissions and that it is UTF-8 text") from None
     except tomllib.TOMLDecodeError as error:
         raise InputError(file, "", f"invalid TOML: {error}", "fix the syntax at that position") from error
 

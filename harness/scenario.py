@@ -39,6 +39,7 @@ lead outside are rejected.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -164,11 +165,14 @@ def load_scenario(folder: str | Path) -> Scenario:
     project = _table(path, data, "project", _PROJECT_KEYS)
     modes = _modes(path, folder, data)
 
+    project_dir = _inside(path, folder, "project.path", _string(path, project, "path", "project", prefix="project."))
+    _reject_links_out(path, folder, project_dir)
+
     return Scenario(
         name=_string(path, data, "name", default=folder.name),
         purpose=_string(path, data, "purpose", default=""),
         folder=folder,
-        project_dir=_inside(path, folder, "project.path", _string(path, project, "path", "project", prefix="project.")),
+        project_dir=project_dir,
         namespace=_project_name(path, project, "namespace", "group"),
         project_name=_project_name(path, project, "name", folder.name),
         branch=_branch(path, project),
@@ -187,7 +191,9 @@ def list_scenarios(root: Path = SCENARIOS_DIR) -> list[Scenario]:
 
 def _resolve_folder(folder: str | Path) -> Path:
     candidate = Path(folder)
-    if not candidate.exists() and (SCENARIOS_DIR / candidate).exists():
+    # Only a plain folder name is looked up among the bundled scenarios, so "../x" cannot leave them.
+    bundled_name = len(candidate.parts) == 1 and candidate.name not in ("", ".", "..")
+    if not candidate.exists() and bundled_name and (SCENARIOS_DIR / candidate).exists():
         candidate = SCENARIOS_DIR / candidate
     if not candidate.is_dir():
         bundled = sorted(child.name for child in SCENARIOS_DIR.iterdir() if (child / "scenario.toml").is_file())
@@ -256,6 +262,8 @@ def _branch(path: Path, project: dict) -> str:
 
 def _inside(path: Path, folder: Path, key: str, relative: str) -> Path:
     """Resolve ``relative`` against the scenario folder and reject anything that leaves it."""
+    if "\0" in relative:
+        raise InputError(path, key, f"{relative!r} contains a NUL character", "remove it from the path")
     if Path(relative).is_absolute():
         raise InputError(path, key, f"absolute path {relative!r}", "give a path relative to the scenario folder")
     resolved = (folder / relative).resolve()
@@ -265,6 +273,25 @@ def _inside(path: Path, folder: Path, key: str, relative: str) -> Path:
     if not resolved.exists():
         raise InputError(path, key, f"{relative!r} does not exist", "create it or fix the path")
     return resolved
+
+
+def _reject_links_out(path: Path, folder: Path, project_dir: Path) -> None:
+    """Reject a symbolic link in the project folder whose target lies outside the scenario folder.
+
+    Such a link makes the scenario depend on a file outside its folder, which a copy of the
+    folder on another machine does not have.
+    """
+    for directory, subdirectories, files in os.walk(project_dir):
+        subdirectories[:] = [name for name in subdirectories if name != ".git"]
+        for name in [*subdirectories, *files]:
+            entry = Path(directory) / name
+            if not entry.is_symlink():
+                continue
+            target = entry.resolve()
+            if target != folder and folder not in target.parents:
+                raise InputError(path, "project.path",
+                                 f"{entry.relative_to(folder)} is a symbolic link to {target}, outside the scenario folder",
+                                 "replace the link by a copy of its target inside the scenario folder")
 
 
 def _modes(path: Path, folder: Path, data: dict) -> dict[str, ModeFiles]:

@@ -70,21 +70,42 @@ def masked_values(variables: Iterable[Variable | Mapping[str, Any]]) -> list[str
 def mask(text: str, secrets: Iterable[str]) -> str:
     """Replace every secret in ``text`` with ``[MASKED]``.
 
-    Each secret is also replaced in its base64 form (with and without ``=`` padding) and its
-    percent-encoded form, the shapes a secret takes in registry auth files and URLs. A combined
-    credential such as base64 of ``user:password`` must be passed by the caller as its own secret.
+    Each secret is also replaced in its percent-encoded form and in base64, the shapes a secret
+    takes in URLs and registry auth files. Base64 is matched at every byte offset, so the password
+    inside ``base64("user:password")`` (a ``docker login`` auth entry) is masked as well. There
+    at most two characters on each side of ``[MASKED]`` remain, and they encode bits of the
+    neighbouring bytes.
     """
     forms: set[str] = set()
     for secret in secrets:
         if not secret:
             continue
-        encoded = base64.b64encode(secret.encode()).decode()
-        forms.update({secret, encoded, encoded.rstrip("="), urllib.parse.quote(secret, safe="")})
+        forms.update({secret, urllib.parse.quote(secret, safe=""), *_base64_forms(secret.encode())})
 
     # Replace longer forms first, so a secret inside a longer one cannot leave part of it visible.
     for form in sorted(forms, key=len, reverse=True):
         text = text.replace(form, MASK)
     return text
+
+
+def _base64_forms(secret: bytes) -> set[str]:
+    """Return the base64 text of ``secret`` on its own and embedded at byte offsets 1 and 2.
+
+    Base64 encodes 3 bytes as 4 characters, so the characters of an embedded secret depend on
+    its offset modulo 3. Characters that also carry bits of the bytes around it are cut off.
+    """
+    encoded = base64.b64encode(secret).decode()
+    forms = {encoded, encoded.rstrip("=")}
+    for offset in (0, 1, 2):
+        shifted = base64.b64encode(bytes(offset) + secret).decode()
+        # The first character made only of secret bits, and the end of the last such character.
+        start = -(-offset * 8 // 6)
+        end = (offset + len(secret)) * 8 // 6
+        inner = shifted[start:end]
+        # Fewer than 8 characters (a secret of 6 bytes or less) would match unrelated text.
+        if len(inner) >= 8:
+            forms.add(inner)
+    return forms
 
 
 def slugify(text: str) -> str:

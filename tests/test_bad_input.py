@@ -257,6 +257,10 @@ CASES = {
               lambda folder: (folder / "src").symlink_to(folder.parent / "outside-project"),
               replace_text(SCENARIO, 'path = "project"', 'path = "src"')),
         SCENARIO, "project.path", "leads outside the scenario folder", "no symbolic links out"),
+    "scenario-project-file-symlink-out": Case(
+        chain(write_text("../outside.txt", "a file of the machine\n"),
+              lambda folder: (folder / "project" / "notes.txt").symlink_to(folder.parent / "outside.txt")),
+        SCENARIO, "project.path", "project/notes.txt is a symbolic link to", "replace the link by a copy"),
     "scenario-pipeline-is-folder": Case(
         replace_text(SCENARIO, 'pipeline = "project/.gitlab-ci.yml"', 'pipeline = "project"'),
         SCENARIO, "modes.dind.pipeline", "is not a file", "name a file"),

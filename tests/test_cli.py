@@ -21,7 +21,7 @@ COMMAND_LINE_CASES = {
     "var-invalid-name": (("--var", "MY-VAR=1"), "command line: --var MY-VAR: ", "invalid variable name",
                          "letters, digits and '_'"),
     "masked-var-without-equals": (("--masked-var", "TOKEN"), "command line: --masked-var: ",
-                                  "'TOKEN' is not KEY=VALUE", "write --masked-var KEY=VALUE"),
+                                  "the value is not KEY=VALUE", "write --masked-var KEY=VALUE"),
     "masked-var-short": (("--masked-var", "TOKEN=short"), "command line: --masked-var TOKEN: ",
                          "at least 8 characters", "use a longer value"),
     "masked-var-multi-line": (("--masked-var", "TOKEN=first line\nsecond line"),
@@ -44,6 +44,15 @@ def test_bad_option_fails_cleanly(args, location, problem, fix, engine_client) -
     assert_single_error(outcome, 2, location, problem, "; ", fix)
     assert outcome.stdout == ""
     assert before.leftovers(after, outcome.session) == []
+
+
+@pytest.mark.parametrize("value", ["=hunter2-secret-value", "hunter2-secret-value"])
+def test_masked_var_error_hides_value(value: str) -> None:
+    outcome = run_harness("run", "seed", "--mode", "dind", "--masked-var", value)
+
+    assert_single_error(outcome, 2, "command line: --masked-var: ", "is not KEY=VALUE")
+    assert "hunter2" not in outcome.stderr
+    assert "hunter2" not in outcome.stdout
 
 
 @pytest.mark.engine

@@ -86,3 +86,13 @@ def test_run_stage_caps_parallel_jobs():
 
     assert max(peak) == 2
     assert set(slots) == {0, 1}
+
+
+def test_image_name_expands_job_variables():
+    payload = {**PAYLOAD, "image": {"name": "node:$NODE_VERSION"},
+               "variables": [{"key": "NODE_VERSION", "value": "18", "public": True}]}
+
+    context = build_context(None, payload, SETTINGS, RunnerCompat(), random_hex="0" * 16)
+
+    assert context.image == "node:18"
+    assert context.variables.get("CI_JOB_IMAGE") == "node:18"

@@ -964,6 +964,26 @@ def test_mask_user_password_combination() -> None:
     assert mask(f'{{"auth": "{combined}"}}', ["robot:hunter2-secret"]) == '{"auth": "[MASKED]"}'
 
 
+@pytest.mark.parametrize("prefix", ["", "u:", "ci-1:", "robot:", "ci-0a1b2c3d:"])
+def test_mask_password_inside_base64_auth(prefix: str) -> None:
+    password = "hunter2-secret-value"
+    auth = base64.b64encode(f"{prefix}{password}".encode()).decode()
+
+    masked = mask(f'{{"auth": "{auth}"}}', [password])
+
+    visible = masked.removeprefix('{"auth": "').removesuffix('"}')
+    assert "[MASKED]" in visible
+    # What remains is the prefix's own characters plus at most two mixed ones and padding per side.
+    assert len(visible.replace("[MASKED]", "")) <= len(base64.b64encode(prefix.encode())) + 4
+
+
+def test_mask_short_secret_base64_not_embedded() -> None:
+    # An embedded base64 form of a 5-byte secret has 6 characters, too few to match safely.
+    auth = base64.b64encode(b"user:abcde").decode()
+
+    assert mask(auth, ["abcde"]) == auth
+
+
 @pytest.mark.parametrize(("text", "slug"), [("Feature/Fix_1", "feature-fix-1"), ("-x-", "x"),
                                              ("a" * 70, "a" * 63), ("group/demo", "group-demo")])
 def test_slugify(text: str, slug: str) -> None:

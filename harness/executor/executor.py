@@ -153,12 +153,32 @@ class _JobRun:
             hook_error = error.__cause__
             failure = _JobFailed(None, "runner_system_failure", str(error))
         finally:
+            fault = self._service_fault() if failure is not None else ""
             hook_error = self._cleanup() or hook_error
 
+        if fault:
+            failure = _JobFailed(failure.exit_code, failure.reason, f"{failure}, because the {fault}")
         self._write_status(failure)
         if hook_error is not None:
             raise hook_error
-        return self._result(failure)
+        return self._result(failure, fault)
+
+    def _service_fault(self) -> str:
+        """Write each service that stopped under a failed job to the trace, and return one line naming them.
+
+        A killed dind daemon makes the job's ``docker`` commands fail with a bare "connection
+        refused", so the trace also shows the service's last log lines. This runs before cleanup,
+        while the service containers still exist. "" means that every service still runs.
+        """
+        try:
+            exits = self.services.exited()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
+            log.warning("reading the state of the job's services failed: %s", error)
+            return ""
+        for service_exit in exits:
+            self.trace.line(f"ERROR: {service_exit.describe()}", ANSI_BOLD_RED)
+            self.trace.write("".join(f"  {line}\n" for line in service_exit.log_tail.splitlines()))
+        return "; ".join(service_exit.describe() for service_exit in exits)
 
     def _call_hook(self, name: str, *args) -> None:
         method = getattr(self.executor.observer, name, None)
@@ -320,13 +340,14 @@ class _JobRun:
         else:
             self.trace.line(f"ERROR: Job failed: {failure}", ANSI_BOLD_RED)
 
-    def _result(self, failure: _JobFailed | None) -> JobResult:
+    def _result(self, failure: _JobFailed | None, fault: str = "") -> JobResult:
         context = self.context
         temporary = set(self.volumes.temporary)
         return JobResult(
             status=SUCCESS if failure is None else FAILED,
             exit_code=None if failure is None else failure.exit_code,
             failure_reason="" if failure is None else failure.reason,
+            fault=fault,
             trace=self.trace.getvalue(), job_id=context.job_id, project_dir=context.project_dir,
             container_prefix=context.prefix, network_mode=context.network_mode,
             containers=list(context.containers),

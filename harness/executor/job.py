@@ -123,6 +123,8 @@ def build_context(client, payload: Mapping, settings: ExecutorSettings, compat: 
         concurrent_id=concurrent_id,
     )
     context.variables = job_variables(context, payload_variables)
+    # GitLab Runner expands job variables in the image name, as in ``image: node:$NODE_VERSION``.
+    context.image = context.variables.expand_value(context.image)
     return context
 
 

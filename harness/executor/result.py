@@ -17,6 +17,8 @@ class JobResult:
         exit_code: Exit code of the failing script step, None for success or a system failure.
         failure_reason: ``script_failure``, ``job_execution_timeout`` or ``runner_system_failure``.
         trace: The complete masked job log, with ANSI colours and section markers.
+        fault: One line naming what broke under a failed job, such as a service container that
+            exited during it; "" when nothing did.
         containers: ``{"id", "name", "type"}`` of every container the job created, all removed
             at cleanup; ``type`` is build, predefined or service.
         volumes: ``{"name", "destination", "reusable", "new", "removed"}`` of every Docker volume
@@ -30,6 +32,7 @@ class JobResult:
     exit_code: int | None
     failure_reason: str
     trace: str
+    fault: str = ""
     job_id: int = 0
     project_dir: str = ""
     container_prefix: str = ""

@@ -8,6 +8,8 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 
+import docker.errors
+
 from harness.executor import naming
 from harness.executor.containers import remove_by_name
 from harness.executor.jobvars import JobVariables, Variable
@@ -20,6 +22,8 @@ from harness.errors import HarnessError
 log = logging.getLogger(__name__)
 
 MIN_START_WAIT_SECONDS = 30
+# Log lines of an exited service that the job trace shows.
+SERVICE_LOG_TAIL = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +74,22 @@ class ServiceInfo:
     def to_dict(self) -> dict:
         """Return the service as plain JSON data."""
         return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceExit:
+    """A service container that stopped while its job ran: a killed dind daemon, for example."""
+
+    info: ServiceInfo
+    exit_code: int | None
+    log_tail: str
+
+    def describe(self) -> str:
+        """Return one line naming the service, its alias, exit code and last log line."""
+        alias = f" (alias {self.info.aliases[0]})" if self.info.aliases else ""
+        code = "" if self.exit_code is None else f" with exit code {self.exit_code}"
+        last_line = self.log_tail.splitlines()[-1]
+        return f"service {self.info.name}{alias} exited during the job{code}; its last log line: {last_line}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,6 +209,24 @@ class ServiceManager:
             if time.monotonic() > deadline:
                 raise HarnessError(f"service failed to start after {limit} seconds: {info.container_name}")
             time.sleep(1)
+
+    def exited(self) -> list[ServiceExit]:
+        """Return the services whose container is no longer running, with exit code and log tail."""
+        exits = []
+        for info in self.services:
+            try:
+                state = self._client.api.inspect_container(info.container_id)["State"]
+            except docker.errors.NotFound:
+                exits.append(ServiceExit(info, None, "(the container was removed)"))
+                continue
+            if state.get("Running"):
+                continue
+            try:
+                tail = self._client.api.logs(info.container_id, tail=SERVICE_LOG_TAIL).decode(errors="replace")
+            except docker.errors.APIError as error:
+                tail = f"(log not readable: {error})"
+            exits.append(ServiceExit(info, state.get("ExitCode"), tail.strip() or "(no log output)"))
+        return exits
 
     def _address(self, container_id: str) -> str:
         networks = self._client.api.inspect_container(container_id)["NetworkSettings"].get("Networks") or {}
