@@ -102,6 +102,16 @@ def _run(args: argparse.Namespace) -> int:
     return 0 if all(result.succeeded for result in results) else 1
 
 
+def _runner_version(version: str | None) -> str | None:
+    """Check a ``--runner-version`` value such as ``18.6.0``; return it, or None when not given."""
+    from harness.errors import InputError
+
+    if version is not None and not re.fullmatch(r"v?\d+\.\d+(\.\d+)?", version):
+        raise InputError("--runner-version", version, "not a GitLab Runner version",
+                         "give MAJOR.MINOR or MAJOR.MINOR.PATCH, such as 18.6.0")
+    return version
+
+
 def _run_modes(args: argparse.Namespace) -> list:
     """Run the scenario, or the user's own pipeline, in every selected mode and print each result."""
     from harness import engine, run
@@ -109,7 +119,8 @@ def _run_modes(args: argparse.Namespace) -> list:
     loaded, modes = _scenario_and_modes(args)
     options = run.RunOptions(in_process=args.debug_in_process, branch=args.branch,
                              variables=_parse_variables(args.var, False) + _parse_variables(args.masked_var, True),
-                             jobs=tuple(getattr(args, "job", ())))
+                             jobs=tuple(getattr(args, "job", ())),
+                             runner_version=_runner_version(getattr(args, "runner_version", None)))
     client = engine.require_engine()
 
     # Every mode's inputs are checked first, so a mistake in the last mode is reported before the
@@ -267,6 +278,9 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--show-traces", action="store_true", help="print every job's trace")
     parser.add_argument("--debug-in-process", action="store_true",
                         help="run the executor in this process instead of a runner container")
+    parser.add_argument("--runner-version", metavar="VERSION",
+                        help="GitLab Runner version whose docker executor to imitate, such as 15.11.0 for "
+                             "a container per stage or 18.6.0 for --link (default: the current runner)")
     own = parser.add_argument_group("your own pipeline (instead of a scenario)")
     own.add_argument("--pipeline", action="append", default=[], metavar="[MODE=]PATH",
                      help="your .gitlab-ci.yml; MODE=PATH gives one per mode (dind, dood)")

@@ -17,14 +17,17 @@ import re
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
 
+from harness import labels
 from harness import placement as placement_module
 from harness import stage_jobs
+from harness.engine_lines import EngineLine, substitute_image, substitute_payload_images
 from harness.errors import InputError
 from harness.pipeline import CompiledJob, Pipeline, compile_pipeline, load_pipeline
 from harness.project import Project
@@ -120,6 +123,10 @@ class RunOptions:
     branch: str | None = None
     # Only these jobs run when not empty; the others are reported as skipped.
     jobs: tuple[str, ...] = ()
+    # The GitLab Runner version the executor behaves like (harness.executor.compat); None: current.
+    runner_version: str | None = None
+    # Jobs' docker images are replaced by this engine line's (harness.engine_lines); None: as written.
+    engine_line: EngineLine | None = None
 
 
 def run_scenario(client: docker.DockerClient, scenario: Scenario, mode: str,
@@ -172,6 +179,8 @@ def check_inputs(client: docker.DockerClient, scenario: Scenario, mode: str,
         wanted += [(files.pipeline, f"{job.services_key}[{index}]", name)
                    for index, name in enumerate(job.service_images)]
 
+    if options.engine_line is not None:
+        wanted = [(path, key, substitute_image(image, options.engine_line)) for path, key, image in wanted]
     checked: set[str] = set()
     for path, key, image in wanted:
         # The runner expands variables in image names per job, so such a name is checked then.
@@ -203,6 +212,7 @@ def _check_job_names(pipeline: Pipeline, path, names: tuple[str, ...]) -> None:
 
 
 _mirror: Mirror | None = None
+_mirror_lock = threading.Lock()
 
 
 def shared_mirror(client: docker.DockerClient) -> Mirror:
@@ -213,12 +223,14 @@ def shared_mirror(client: docker.DockerClient) -> Mirror:
     carries the session's labels, so `harness clean` also finds it after a crash.
     """
     global _mirror
-    if _mirror is not None and _mirror_running(_mirror):
-        return _mirror
+    # Matrix cells run scenarios in parallel threads, which must not start a mirror each.
+    with _mirror_lock:
+        if _mirror is not None and _mirror_running(_mirror):
+            return _mirror
 
-    _mirror = Mirror(client).start()
-    atexit.register(_mirror.stop)
-    return _mirror
+        _mirror = Mirror(client).start()
+        atexit.register(_mirror.stop)
+        return _mirror
 
 
 def _mirror_running(mirror: Mirror) -> bool:
@@ -309,7 +321,8 @@ class _Session:
             wired = _with_pull_policy(wired, self.options.pull_policy)
         config_toml = render_toml(wired.to_dict())
         runner_class = InProcessRunner if self.options.in_process else RunnerContainer
-        runner = runner_class(self.client, config_toml, project.repo_dir, self.scenario.watch_paths).start()
+        runner = runner_class(self.client, config_toml, project.repo_dir, self.scenario.watch_paths,
+                              runner_version=self.options.runner_version).start()
         self.stack.callback(runner.close)
         return runner
 
@@ -362,7 +375,10 @@ class _Session:
         started = time.monotonic()
         started_at = time.time()
         chunks: list[str] = []
-        details = runner.run_job(job.payload, chunks.append, concurrent_id=concurrent_id)
+        payload = job.payload
+        if self.options.engine_line is not None:
+            payload = substitute_payload_images(payload, self.options.engine_line)
+        details = runner.run_job(payload, chunks.append, concurrent_id=concurrent_id)
         trace = mask("".join(chunks), self.secrets)
 
         for observed in details.get("snapshots", []):
@@ -378,15 +394,17 @@ class _Session:
         """Remove containers, images and watched paths that jobs created on the host engine.
 
         In DooD a job's own ``docker run`` leaves containers on the host that carry no harness
-        label. They are found by comparing with the snapshot taken before the first job.
-        NOTE: anything another process creates on the same engine during the run is removed too.
-        A disposable sandbox engine per session would remove that risk.
+        label. They are found by comparing with the snapshot taken before the first job. Labelled
+        containers are left to their owners, so runs in parallel threads keep their runners,
+        registries and services.
+        NOTE: anything unlabelled that another process creates on the same engine during the run
+        is removed too. A disposable sandbox engine per session would remove that risk.
         """
         final = placement_module.snapshot_engine(self.client, placement_module.HOST, "teardown",
                                                  self.scenario.watch_paths)
         known = {c.name for c in baseline.containers}
         for record in final.containers:
-            if record.name not in known:
+            if record.name not in known and not _is_managed(self.client, record.id):
                 _ignore_missing(lambda: self.client.containers.get(record.id).remove(force=True, v=True))
                 log.info("removed container %s that a job left on the host engine", record.name)
         for image in set(final.images) - set(baseline.images):
@@ -397,6 +415,14 @@ class _Session:
         for path in set(final.paths) - set(baseline.paths):
             shutil.rmtree(path, ignore_errors=True)
             log.info("removed host path %s that a job created", path)
+
+
+def _is_managed(client, container_id: str) -> bool:
+    try:
+        container_labels = client.api.inspect_container(container_id)["Config"].get("Labels") or {}
+    except docker.errors.NotFound:
+        return True
+    return container_labels.get(labels.MANAGED) == "true"
 
 
 def _with_pull_policy(config: RunnerConfig, policy: str) -> RunnerConfig:

@@ -1,8 +1,8 @@
 """The versioned dind and CLI stand-ins start for real and differ where the official images do.
 
-Every engine line of the matrix gets TLS by default (a client of the same version reaches it on
-2376 with the certificates the daemon wrote) and a plain-TCP start whose delay is asserted per
-version: 20.10 and later wait 15 s, the harness's 19.03 line does not. Images of lines that
+Every engine line of the matrix from 19.03 on gets TLS by default (a client of the same version
+reaches it on 2376 with the certificates the daemon wrote), the 1.12 line plain TCP. The plain-TCP
+start's delay is asserted per version: 20.10 and later wait 15 s, the 1.12 and 19.03 lines do not. Images of lines that
 `make test` does not build by default are built on demand here (about 3 minutes on a fresh machine).
 """
 
@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.engine, pytest.mark.images, pytest.mark.dind]
 
 LINES = {line.name: line for line in ENGINE_LINES}
 # The bookworm 20.10 daemon stands in for 19.03, so its version is not the line's name.
-EXPECTED_VERSION = {"19.03": "20.10.24", "20.10": "20.10.24", "26.1": "26.1.5", "28.5": "28.5.2"}
+EXPECTED_VERSION = {"1.12": "20.10.24", "19.03": "20.10.24", "20.10": "20.10.24", "26.1": "26.1.5", "28.5": "28.5.2"}
 SLOWDOWN_MESSAGE = "Startup is intentionally being slowed down"
 
 
@@ -57,7 +57,7 @@ def test_parse_version():
     assert parse_version("sh: docker: not found") == ""
 
 
-@pytest.mark.parametrize("name", list(LINES))
+@pytest.mark.parametrize("name", [line.name for line in ENGINE_LINES if line.tls_default])
 def test_tls_is_the_default(resources, name):
     line = LINES[name]
     certs = resources.volume(f"certs-{line.slug}")
@@ -82,7 +82,9 @@ def test_tls_is_the_default(resources, name):
 def test_plain_tcp_start(resources, name):
     line = LINES[name]
     started = time.monotonic()
-    dind, _ = start_dind(resources, line.dind_image, f"plain-{line.slug}", {"DOCKER_TLS_CERTDIR": ""})
+    # A line without TLS by default must listen on plain TCP without being told to.
+    environment = {"DOCKER_TLS_CERTDIR": ""} if line.tls_default else {}
+    dind, _ = start_dind(resources, line.dind_image, f"plain-{line.slug}", environment)
     wait_for_daemon(dind, socket="tcp://127.0.0.1:2375", timeout=90)
     seconds = time.monotonic() - started
     logs = dind.logs().decode()
