@@ -112,6 +112,28 @@ def _runner_version(version: str | None) -> str | None:
     return version
 
 
+def _matrix(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from harness import engine, matrix, matrix_report, scenario
+
+    loaded = scenario.load_scenario(args.scenario)
+    if args.parallel < 1:
+        from harness.errors import InputError
+
+        raise InputError("--parallel", str(args.parallel), "must be at least 1", "pass --parallel 1 or more")
+    cells = matrix.plan(loaded, args.mode or None, args.dind_version or None, args.runner_compat or None)
+    client = engine.require_engine()
+    log.info("matrix of %s: %d cells", loaded.name, len(cells))
+    matrix.ensure_cell_images(client, cells)
+
+    results = matrix.run_matrix(client, loaded, cells, args.parallel, tuple(args.job))
+    print(matrix_report.render_grid(results))
+    matrix_report.write_junit(results, Path(args.junit), suite=f"matrix-{loaded.name}")
+    print(f"JUnit XML: {args.junit}")
+    return 0 if all(result.passed for result in results) else 1
+
+
 def _run_modes(args: argparse.Namespace) -> list:
     """Run the scenario, or the user's own pipeline, in every selected mode and print each result."""
     from harness import engine, run
@@ -233,6 +255,24 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser = commands.add_parser("run", help="run a scenario's pipeline, or your own, and print where things ended up")
     _add_run_arguments(run_parser)
     run_parser.set_defaults(handler=_run)
+
+    matrix_parser = commands.add_parser(
+        "matrix", help="run a scenario over mode x engine version x runner generation and print a grid")
+    matrix_parser.add_argument("--scenario", required=True, help="scenario folder, or a name under scenarios/")
+    matrix_parser.add_argument("--mode", action="append", default=[], metavar="MODE",
+                               help="a mode of the scenario (repeatable; default: every mode)")
+    matrix_parser.add_argument("--dind-version", action="append", default=[], metavar="LINE",
+                               help="an engine line such as 26.1 (repeatable; default: every line)")
+    matrix_parser.add_argument("--runner-compat", action="append", default=[], metavar="VERSION",
+                               help="a GitLab Runner version to imitate, such as 15.11.0 (repeatable; "
+                                    "default: 15.11.0 and the current runner)")
+    matrix_parser.add_argument("--parallel", type=int, default=2, metavar="N",
+                               help="DinD cells run at once (default 2); DooD cells always run one at a time")
+    matrix_parser.add_argument("--junit", default="matrix-junit.xml", metavar="FILE.xml",
+                               help="where to write the JUnit XML, one case per cell (default: matrix-junit.xml)")
+    matrix_parser.add_argument("--job", action="append", default=[], metavar="NAME",
+                               help="run only this job in every cell (repeatable)")
+    matrix_parser.set_defaults(handler=_matrix)
 
     report_parser = commands.add_parser("report", help="run like `run` and write an HTML placement report")
     _add_run_arguments(report_parser)

@@ -223,7 +223,7 @@ def shared_mirror(client: docker.DockerClient) -> Mirror:
     carries the session's labels, so `harness clean` also finds it after a crash.
     """
     global _mirror
-    # Matrix cells run scenarios in parallel threads, which must not start a mirror each.
+    # Scenarios run from parallel threads must not start a mirror each.
     with _mirror_lock:
         if _mirror is not None and _mirror_running(_mirror):
             return _mirror
@@ -480,7 +480,13 @@ def _is_stand_in(client, reference: str) -> bool:
 
 
 def _ignore_missing(remove) -> None:
+    """Call ``remove``; a resource already gone, or already being removed by its owner, is fine."""
     try:
         remove()
     except docker.errors.NotFound:
         pass
+    except docker.errors.APIError as error:
+        # Another run's teardown on the same engine may be removing the same container.
+        if error.status_code != 409 or "already in progress" not in str(error.explanation or ""):
+            raise
+        log.debug("removal of %s is already in progress elsewhere", error)
