@@ -134,6 +134,12 @@ def _matrix(args: argparse.Namespace) -> int:
     return 0 if all(result.passed for result in results) else 1
 
 
+def _nightly_ci(args: argparse.Namespace) -> int:
+    from harness import nightly_ci
+
+    return nightly_ci.main(["write", *(["--output", args.output] if args.output else [])])
+
+
 def _run_modes(args: argparse.Namespace) -> list:
     """Run the scenario, or the user's own pipeline, in every selected mode and print each result."""
     from harness import engine, run
@@ -273,6 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
     matrix_parser.add_argument("--job", action="append", default=[], metavar="NAME",
                                help="run only this job in every cell (repeatable)")
     matrix_parser.set_defaults(handler=_matrix)
+
+    nightly_parser = commands.add_parser(
+        "nightly-ci", help="write ci/nightly.gitlab-ci.yml, the matrix as one GitLab job per cell")
+    nightly_parser.add_argument("--output", default=None, metavar="FILE",
+                                help="where to write the pipeline (default: ci/nightly.gitlab-ci.yml)")
+    nightly_parser.set_defaults(handler=_nightly_ci)
 
     report_parser = commands.add_parser("report", help="run like `run` and write an HTML placement report")
     _add_run_arguments(report_parser)
