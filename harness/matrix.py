@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 # The oldest generation differs in every reproduced behaviour: a container per stage, --link,
 # cache volumes without the hash-based name. The current one in none.
 DEFAULT_RUNNER_VERSIONS = ("15.11.0", CURRENT_VERSION)
+_workers: set[subprocess.Popen] = set()
+_workers_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -158,12 +161,32 @@ def run_matrix(client: docker.DockerClient, scenario: Scenario, cells: list[Cell
     batches = [parallel_cells[index::workers] for index in range(workers)]
 
     results: dict[Cell, CellResult] = {}
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="matrix") as pool:
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="matrix")
+    try:
         for batch in pool.map(lambda batch: _run_worker(scenario, batch, jobs), [b for b in batches if b]):
             results.update({result.cell: result for result in batch})
-    if serial_cells:
-        results.update({result.cell: result for result in _run_worker(scenario, serial_cells, jobs)})
+        if serial_cells:
+            results.update({result.cell: result for result in _run_worker(scenario, serial_cells, jobs)})
+    except BaseException:
+        # Stopped before the pool waits for its threads, which wait for the workers.
+        _stop_workers()
+        raise
+    finally:
+        pool.shutdown(wait=True)
     return [results[cell] for cell in cells]
+
+
+def _stop_workers() -> None:
+    """Send SIGTERM to every running worker and wait for its teardown.
+
+    Ctrl-C reaches the workers by itself, but a SIGTERM of the harness must be passed on.
+    """
+    with _workers_lock:
+        running = list(_workers)
+    for worker in running:
+        worker.terminate()
+    for worker in running:
+        worker.wait()
 
 
 def _run_worker(scenario: Scenario, cells: list[Cell], jobs: tuple[str, ...]) -> list[CellResult]:
@@ -176,11 +199,18 @@ def _run_worker(scenario: Scenario, cells: list[Cell], jobs: tuple[str, ...]) ->
         # A session id inherited from a caller would make the workers one session again.
         environment = {key: value for key, value in os.environ.items()
                        if key not in ("HARNESS_SESSION_ID", "HARNESS_OWNER_PID")}
-        completed = subprocess.run([sys.executable, "-m", "harness.matrix_worker", str(spec_path), str(result_path)],
-                                   cwd=Path(__file__).resolve().parent.parent, env=environment, check=False)
+        worker = subprocess.Popen([sys.executable, "-m", "harness.matrix_worker", str(spec_path), str(result_path)],
+                                  cwd=Path(__file__).resolve().parent.parent, env=environment)
+        with _workers_lock:
+            _workers.add(worker)
+        try:
+            returncode = worker.wait()
+        finally:
+            with _workers_lock:
+                _workers.discard(worker)
         if not result_path.exists():
             raise MatrixError(f"the matrix worker for {cells[0].name} and {len(cells) - 1} more cells exited "
-                              f"with status {completed.returncode} and wrote no results; its log is above")
+                              f"with status {returncode} and wrote no results; its log is above")
         return [CellResult.from_dict(data) for data in json.loads(result_path.read_text())]
 
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
-from harness import matrix
+from harness import cleanup, labels, matrix
 from harness.engine import require_engine
 from harness.errors import HarnessError
 from harness.scenario import load_scenario
@@ -31,10 +32,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"matrix worker: {error}", file=sys.stderr)
         return error.exit_code
 
+    # The matrix stops a worker with SIGTERM; as KeyboardInterrupt it unwinds every run's teardown.
+    signal.signal(signal.SIGTERM, _interrupt)
     jobs = tuple(spec.get("jobs") or ())
-    results = [matrix.run_cell(client, scenario, matrix.cell_from_dict(cell), jobs) for cell in spec["cells"]]
+    try:
+        results = [matrix.run_cell(client, scenario, matrix.cell_from_dict(cell), jobs) for cell in spec["cells"]]
+    except KeyboardInterrupt:
+        print("matrix worker: interrupted; what its runs created has been removed", file=sys.stderr)
+        return 130
+    finally:
+        # Cache volumes outlive their runs, as GitLab Runner keeps them; this session is over.
+        cleanup.clean(client, session=labels.session_id())
     result_path.write_text(json.dumps([result.to_dict() for result in results]))
     return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -3,19 +3,25 @@ printed as a grid and written as JUnit XML with one case per cell."""
 
 from __future__ import annotations
 
+import os
+import secrets
+import subprocess
+import sys
+import time
 import xml.etree.ElementTree as ElementTree
+from pathlib import Path
 
 import docker
 import pytest
 
-from harness import matrix, matrix_report
+from harness import labels, matrix, matrix_report
 from harness.engine_lines import ENGINE_LINES, engine_line, substitute_image
 from harness.errors import InputError
 from harness.executor.compat import CURRENT_VERSION
 from harness.placement import Placement, Snapshot
 from harness.run import JobResult, RunResult
 from harness.scenario import load_scenario
-from test_bad_input import run_harness
+from test_bad_input import REPO_ROOT, run_harness
 
 SEED = load_scenario("seed")
 
@@ -193,3 +199,47 @@ def test_matrix_command_prints_grid(tmp_path):
     assert "1 passed, 0 failed" in lines
     root = ElementTree.parse(junit).getroot()
     assert [case.get("name") for case in root.findall("testcase")] == ["engine 19.03 runner 18.6.0"]
+
+
+def _children(pid: int) -> set[int]:
+    """Return the pids of the direct children of ``pid`` (Linux /proc)."""
+    children: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children.update(int(child) for child in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return children
+
+
+@pytest.mark.engine
+@pytest.mark.dind
+def test_sigterm_stops_workers_and_their_runs(client):
+    environment = {**os.environ, "HARNESS_SESSION_ID": secrets.token_hex(4)}
+    process = subprocess.Popen([sys.executable, "-m", "harness.cli", "matrix", "--scenario", "m1-engine-defaults",
+                                "--dind-version", "19.03", "--dind-version", "1.12", "--junit", os.devnull],
+                               cwd=REPO_ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    workers: set[int] = set()
+    deadline = time.monotonic() + 300
+    # Wait until both workers run a job, that is until each owns a runner container.
+    while time.monotonic() < deadline and process.poll() is None:
+        workers |= _children(process.pid)
+        # The low-level list reads labels without inspecting containers that may be gone by then.
+        owners = {(container["Labels"] or {}).get(labels.OWNER_PID)
+                  for container in client.api.containers(filters={"label": f"{labels.TYPE}=runner"})}
+        if len(workers) == 2 and {str(pid) for pid in workers} <= owners:
+            break
+        time.sleep(1)
+    assert len(workers) == 2, process.communicate()
+
+    process.terminate()
+    _, stderr = process.communicate(timeout=300)
+
+    assert process.returncode == 130
+    # Each worker was interrupted mid-cell, not left to finish its runs.
+    assert stderr.count("matrix worker: interrupted") == 2, stderr[-3000:]
+    for pid in workers:
+        assert not Path(f"/proc/{pid}").exists(), f"worker {pid} still runs"
+        left = client.api.containers(all=True, filters={"label": f"{labels.OWNER_PID}={pid}"})
+        assert left == [], [container["Names"] for container in left]
