@@ -245,9 +245,8 @@ def judge(cell: Cell, run: RunResult) -> CellResult:
     result.traces = {job.name: job.trace for job in run.jobs}
     result.problems += [f"job {job.name} {job.status}" for job in run.jobs if job.status not in ("success", "skipped")]
     # NOTE: "host" counts images that appeared on the host during the run, also those of other
-    # processes on a shared engine. In consecutive DooD cells of the seed the nodedemo image was
-    # seen to stay on the host after a cell, so the next cell's baseline already has it and the
-    # column shows no host image there; the cause is not found yet.
+    # processes on a shared engine. A DooD build whose image the host already has under the same
+    # tag (a cache hit gives the same id) adds nothing, so such a cell shows no host image.
     result.image_daemons = sorted({row.daemon for row in run.placement.appearances() if row.kind == "image"},
                                   key=lambda daemon: (daemon != HOST, daemon))
 
