@@ -104,6 +104,44 @@ def _run(args: argparse.Namespace) -> int:
     return 0 if all(result.succeeded for result in results) else 1
 
 
+def _runner_version(version: str | None) -> str | None:
+    """Check a ``--runner-version`` value such as ``18.6.0``; return it, or None when not given."""
+    from harness.errors import InputError
+
+    if version is not None and not re.fullmatch(r"v?\d+\.\d+(\.\d+)?", version):
+        raise InputError("--runner-version", version, "not a GitLab Runner version",
+                         "give MAJOR.MINOR or MAJOR.MINOR.PATCH, such as 18.6.0")
+    return version
+
+
+def _matrix(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from harness import engine, matrix, matrix_report, scenario
+
+    loaded = scenario.load_scenario(args.scenario)
+    if args.parallel < 1:
+        from harness.errors import InputError
+
+        raise InputError("--parallel", str(args.parallel), "must be at least 1", "pass --parallel 1 or more")
+    cells = matrix.plan(loaded, args.mode or None, args.dind_version or None, args.runner_compat or None)
+    client = engine.require_engine()
+    log.info("matrix of %s: %d cells", loaded.name, len(cells))
+    matrix.ensure_cell_images(client, cells)
+
+    results = matrix.run_matrix(client, loaded, cells, args.parallel, tuple(args.job))
+    print(matrix_report.render_grid(results))
+    matrix_report.write_junit(results, Path(args.junit), suite=f"matrix-{loaded.name}")
+    print(f"JUnit XML: {args.junit}")
+    return 0 if all(result.passed for result in results) else 1
+
+
+def _nightly_ci(args: argparse.Namespace) -> int:
+    from harness import nightly_ci
+
+    return nightly_ci.main(["write", *(["--output", args.output] if args.output else [])])
+
+
 def _run_modes(args: argparse.Namespace) -> list:
     """Run the scenario, or the user's own pipeline, in every selected mode and print each result."""
     from harness import engine, run
@@ -111,7 +149,8 @@ def _run_modes(args: argparse.Namespace) -> list:
     loaded, modes = _scenario_and_modes(args)
     options = run.RunOptions(in_process=args.debug_in_process, branch=args.branch,
                              variables=_parse_variables(args.var, False) + _parse_variables(args.masked_var, True),
-                             jobs=tuple(getattr(args, "job", ())))
+                             jobs=tuple(getattr(args, "job", ())),
+                             runner_version=_runner_version(getattr(args, "runner_version", None)))
     client = engine.require_engine()
 
     # Every mode's inputs are checked first, so a mistake in the last mode is reported before the
@@ -240,6 +279,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(run_parser)
     run_parser.set_defaults(handler=_run)
 
+    matrix_parser = commands.add_parser(
+        "matrix", help="run a scenario over mode x engine version x runner generation and print a grid")
+    matrix_parser.add_argument("--scenario", required=True, help="scenario folder, or a name under scenarios/")
+    matrix_parser.add_argument("--mode", action="append", default=[], metavar="MODE",
+                               help="a mode of the scenario (repeatable; default: every mode)")
+    matrix_parser.add_argument("--dind-version", action="append", default=[], metavar="LINE",
+                               help="an engine line such as 26.1 (repeatable; default: every line)")
+    matrix_parser.add_argument("--runner-compat", action="append", default=[], metavar="VERSION",
+                               help="a GitLab Runner version to imitate, such as 15.11.0 (repeatable; "
+                                    "default: 15.11.0 and the current runner)")
+    matrix_parser.add_argument("--parallel", type=int, default=2, metavar="N",
+                               help="DinD cells run at once (default 2); DooD cells always run one at a time")
+    matrix_parser.add_argument("--junit", default="matrix-junit.xml", metavar="FILE.xml",
+                               help="where to write the JUnit XML, one case per cell (default: matrix-junit.xml)")
+    matrix_parser.add_argument("--job", action="append", default=[], metavar="NAME",
+                               help="run only this job in every cell (repeatable)")
+    matrix_parser.set_defaults(handler=_matrix)
+
+    nightly_parser = commands.add_parser(
+        "nightly-ci", help="write ci/nightly.gitlab-ci.yml, the matrix as one GitLab job per cell")
+    nightly_parser.add_argument("--output", default=None, metavar="FILE",
+                                help="where to write the pipeline (default: ci/nightly.gitlab-ci.yml)")
+    nightly_parser.set_defaults(handler=_nightly_ci)
+
     report_parser = commands.add_parser("report", help="run like `run` and write an HTML placement report")
     _add_run_arguments(report_parser)
     report_parser.add_argument("-o", "--output", default="placement-report.html", metavar="FILE.html",
@@ -286,6 +349,9 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug-in-process", action="store_true",
                         help="run the executor in this process instead of a runner container")
     _add_host_argument(parser)
+    parser.add_argument("--runner-version", metavar="VERSION",
+                        help="GitLab Runner version whose docker executor to imitate, such as 15.11.0 for "
+                             "a container per stage or 18.6.0 for --link (default: the current runner)")
     own = parser.add_argument_group("your own pipeline (instead of a scenario)")
     own.add_argument("--pipeline", action="append", default=[], metavar="[MODE=]PATH",
                      help="your .gitlab-ci.yml; MODE=PATH gives one per mode (dind, dood)")

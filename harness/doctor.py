@@ -71,7 +71,9 @@ def _image_checks() -> list[Check]:
     client = engine.require_engine()
     checks = []
     for row in images.list_images(client):
-        if not row.present:
+        if not row.present and row.on_demand:
+            checks.append(Check(f"image {row.tag}", True, f"built on demand (`harness images build {row.recipe}`)"))
+        elif not row.present:
             checks.append(Check(f"image {row.tag}", False, "missing", "run `harness images build`"))
         elif row.recipe_changed:
             checks.append(Check(f"image {row.tag}", False, "recipe changed since the build",

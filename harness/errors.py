@@ -51,6 +51,10 @@ class ImageError(HarnessError):
     """A stand-in image could not be built, or an image a scenario names is missing."""
 
 
+class MatrixError(HarnessError):
+    """A matrix worker process ended without results (harness.matrix)."""
+
+
 class RegistryError(HarnessError):
     """The local registry could not be started or used."""
 

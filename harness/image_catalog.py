@@ -39,6 +39,7 @@ class Recipe:
     target: str | None = None
     copies: dict[str, Path] = field(default_factory=dict)
     optional: bool = False
+    on_demand: bool = False
 
     @property
     def uses_debootstrap(self) -> bool:
@@ -113,6 +114,7 @@ def _parse_recipe(path: Path, name: str, table: dict) -> Recipe:
         target=table.get("target"),
         copies={target: REPO_ROOT / source for target, source in copies.items()},
         optional=bool(table.get("optional", False)),
+        on_demand=bool(table.get("on_demand", False)),
     )
 
 

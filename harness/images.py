@@ -30,6 +30,7 @@ import docker
 
 from harness import labels
 from harness.engine import state_dir
+from harness.engine_versions import EngineVersions
 from harness.errors import HarnessError, ImageError, InputError
 from harness.image_catalog import (
     CATALOG,
@@ -90,7 +91,11 @@ class ForgeReport:
 
 @dataclass(frozen=True)
 class ImageRow:
-    """One tag of the catalog as the engine has it. ``recipe_changed`` is None when not applicable."""
+    """One tag of the catalog as the engine has it. ``recipe_changed`` is None when not applicable.
+
+    ``engine_version`` is the version of the docker daemon, or else client, inside the image; empty
+    for images without one. ``on_demand`` marks recipes that a build of all images leaves out.
+    """
 
     tag: str
     recipe: str
@@ -99,6 +104,8 @@ class ImageRow:
     recipe_changed: bool | None
     image_id: str | None
     size: int | None
+    engine_version: str = ""
+    on_demand: bool = False
 
 
 def recipe_hashes(client: docker.DockerClient, catalog: dict[str, Recipe]) -> dict[str, str]:
@@ -143,7 +150,7 @@ def _forge_lock() -> Iterator[None]:
 
 def _select(catalog: dict[str, Recipe], names: Iterable[str] | None, path: Path) -> list[Recipe]:
     if not names:
-        return list(catalog.values())
+        return [recipe for recipe in catalog.values() if not recipe.on_demand]
     by_tag = {tag: recipe for recipe in catalog.values() for tag in recipe.tags}
     selected = []
     for name in names:
@@ -157,7 +164,9 @@ def _select(catalog: dict[str, Recipe], names: Iterable[str] | None, path: Path)
 
 def ensure_images(client: docker.DockerClient, names: Iterable[str] | None = None, pull: bool = False,
                   catalog_path: Path = CATALOG) -> ForgeReport:
-    """Build the images of ``names`` (recipes or tags; default all) that are missing or stale.
+    """Build the images of ``names`` (recipes or tags) that are missing or stale.
+
+    Without names every recipe but the ``on_demand`` ones is built.
 
     Dependencies are built first. With ``pull`` the upstream images are pulled instead.
 
@@ -373,9 +382,10 @@ def _pull_images(client: docker.DockerClient, selected: list[Recipe]) -> ForgeRe
 
 
 def list_images(client: docker.DockerClient, catalog_path: Path = CATALOG) -> list[ImageRow]:
-    """Return one row per catalog tag: present in the engine, stand-in or not, recipe changed or not."""
+    """Return one row per catalog tag: present, stand-in or not, recipe changed or not, engine version."""
     catalog = load_catalog(catalog_path)
     hashes = recipe_hashes(client, catalog)
+    versions = EngineVersions(client)
     rows = []
     for recipe in catalog.values():
         for tag in recipe.tags:
@@ -383,8 +393,11 @@ def list_images(client: docker.DockerClient, catalog_path: Path = CATALOG) -> li
             image_labels = _labels_of(info)
             stand_in = image_labels.get(labels.STAND_IN) == "true"
             changed = image_labels.get(labels.RECIPE_HASH) != hashes[recipe.name] if stand_in else None
+            version = versions.of(tag, info["Id"]) if info else ""
             rows.append(ImageRow(tag, recipe.name, info is not None, stand_in, changed,
-                                 info["Id"] if info else None, info["Size"] if info else None))
+                                 info["Id"] if info else None, info["Size"] if info else None,
+                                 version, recipe.on_demand))
+    versions.save()
     return rows
 
 
@@ -400,10 +413,13 @@ def render_image_table(rows: list[ImageRow]) -> str:
             return "-"
         return "yes" if value else "no"
 
-    table = [("TAG", "RECIPE", "PRESENT", "STAND-IN", "RECIPE CHANGED", "SIZE")]
+    def presence(row: ImageRow) -> str:
+        return "on demand" if row.on_demand and not row.present else word(row.present)
+
+    table = [("TAG", "RECIPE", "PRESENT", "STAND-IN", "RECIPE CHANGED", "ENGINE", "SIZE")]
     for row in rows:
-        table.append((row.tag, row.recipe, word(row.present), word(row.stand_in if row.present else None),
-                      word(row.recipe_changed), format_size(row.size)))
+        table.append((row.tag, row.recipe, presence(row), word(row.stand_in if row.present else None),
+                      word(row.recipe_changed), row.engine_version or "-", format_size(row.size)))
     widths = [max(len(line[column]) for line in table) for column in range(len(table[0]))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in table)
 

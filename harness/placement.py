@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 
 import docker.errors
 
+from harness.dind_start import try_read_dind_start
+
 log = logging.getLogger(__name__)
 
 HOST = "host"
@@ -50,6 +52,8 @@ class Snapshot:
     volumes: list[str] = field(default_factory=list)
     networks: list[str] = field(default_factory=list)
     paths: dict[str, list[str]] = field(default_factory=dict)
+    # For a dind daemon: DindStart.to_dict() of how it started (harness.dind_start); else None.
+    start: dict | None = None
 
     def to_dict(self) -> dict:
         """Return a JSON-serialisable copy."""
@@ -496,7 +500,10 @@ class PlacementObserver:
 
     def _read_service(self, client, service, name: str) -> None:
         try:
-            self.snapshots.append(snapshot_dind(client, service.container_id, f"dind:{name}", "before removal"))
+            snapshot = snapshot_dind(client, service.container_id, f"dind:{name}", "before removal")
+            start = try_read_dind_start(client, service.container_id)
+            snapshot.start = start.to_dict() if start else None
+            self.snapshots.append(snapshot)
         except (RuntimeError, docker.errors.APIError) as error:
             # A service that is not a dind daemon, or a daemon that died, is normal here.
             log.debug("service %s has no readable daemon: %s", service.container_name, error)

@@ -80,6 +80,30 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "DooD jobs can then change")
     group.addoption("--harness-report", metavar="FILE.html", default=None,
                     help="write an HTML placement report of every pipeline run in the session")
+    group.addoption("--dind-version", action="append", default=[], metavar="LINE",
+                    help="engine line for tests that take the dind_version fixture, such as 26.1 "
+                         "(repeatable; default: the harness's docker:dind line)")
+    group.addoption("--runner-compat", action="append", default=[], metavar="VERSION",
+                    help="GitLab Runner version for tests that take the runner_compat fixture, such as "
+                         "15.11.0 (repeatable; default: the current runner)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrise ``dind_version`` and ``runner_compat`` over the versions given on the command line."""
+    from harness.engine_lines import DEFAULT_LINE, engine_line
+    from harness.errors import InputError
+    from harness.executor.compat import CURRENT_VERSION
+
+    try:
+        if "dind_version" in metafunc.fixturenames:
+            names = metafunc.config.getoption("--dind-version") or [DEFAULT_LINE]
+            lines = [engine_line(name) for name in dict.fromkeys(names)]
+            metafunc.parametrize("dind_version", lines, ids=[f"engine-{line.name}" for line in lines])
+    except InputError as error:
+        raise pytest.UsageError(str(error)) from None
+    if "runner_compat" in metafunc.fixturenames:
+        versions = list(dict.fromkeys(metafunc.config.getoption("--runner-compat") or [CURRENT_VERSION]))
+        metafunc.parametrize("runner_compat", versions, ids=[f"runner-{version}" for version in versions])
 
 
 _RESULTS_KEY = pytest.StashKey[list]()
@@ -170,6 +194,32 @@ def run_scenario(scenario_runs, request):
     """
     def run(scenario: str, mode: str):
         return _used(request, scenario_runs(scenario, mode))
+
+    return run
+
+
+@pytest.fixture
+def run_cell(engine_client, request):
+    """Run a scenario's mode as one matrix cell: ``run_cell("seed", "dind") -> CellResult``.
+
+    The engine line and runner version are the test's ``dind_version`` and ``runner_compat``
+    parameters (from ``--dind-version`` and ``--runner-compat``); their images are built first.
+    """
+    from harness import matrix
+    from harness.engine_lines import DEFAULT_LINE, engine_line
+    from harness.executor.compat import CURRENT_VERSION
+    from harness.scenario import load_scenario
+
+    params = getattr(request.node, "callspec", None)
+    params = params.params if params else {}
+    line = params.get("dind_version") or engine_line(DEFAULT_LINE)
+    version = params.get("runner_compat") or CURRENT_VERSION
+
+    def run(scenario: str, mode: str, jobs: tuple[str, ...] = ()):
+        loaded = load_scenario(scenario)
+        cell = matrix.Cell(loaded.name, mode, line, version)
+        matrix.ensure_cell_images(engine_client, [cell])
+        return matrix.run_cell(engine_client, loaded, cell, jobs)
 
     return run
 

@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import secrets
+import threading
 from collections.abc import Iterable, Mapping
 from typing import Self
 
@@ -253,6 +254,7 @@ def _untag(client: docker.DockerClient, reference: str) -> None:
 
 
 _mirrors: dict[str | None, Mirror] = {}
+_mirrors_lock = threading.Lock()
 
 
 def shared_mirror(client: docker.DockerClient, network: str | None = None,
@@ -265,19 +267,21 @@ def shared_mirror(client: docker.DockerClient, network: str | None = None,
     is stopped at exit, or earlier by :func:`stop_shared_mirror`. It carries the session's labels,
     so `harness clean` also finds it after a crash.
     """
-    mirror = _mirrors.get(network)
-    if mirror is None or not _mirror_running(mirror):
-        # Started empty: a push costs time in proportion to the image's bytes.
-        mirror = Mirror(client).with_network(network).with_images([]).start()
-        _mirrors[network] = mirror
-        atexit.register(mirror.stop)
+    # Runs in parallel threads (the matrix) must share one mirror and not push an image twice.
+    with _mirrors_lock:
+        mirror = _mirrors.get(network)
+        if mirror is None or not _mirror_running(mirror):
+            # Started empty: a push costs time in proportion to the image's bytes.
+            mirror = Mirror(client).with_network(network).with_images([]).start()
+            _mirrors[network] = mirror
+            atexit.register(mirror.stop)
 
-    wanted = list(references) if references is not None else [
-        reference for reference in DEFAULT_MIRROR_IMAGES if _exists(client, reference)]
-    for reference in wanted:
-        if reference not in mirror.pushed:
-            mirror.add_image(reference)
-    return mirror
+        wanted = list(references) if references is not None else [
+            reference for reference in DEFAULT_MIRROR_IMAGES if _exists(client, reference)]
+        for reference in wanted:
+            if reference not in mirror.pushed:
+                mirror.add_image(reference)
+        return mirror
 
 
 def stop_shared_mirror(network: str | None = None) -> None:

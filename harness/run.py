@@ -22,8 +22,10 @@ from pathlib import Path
 import docker
 import requests
 
+from harness import labels
 from harness import placement as placement_module
 from harness import stage_jobs
+from harness.engine_lines import EngineLine, substitute_image, substitute_payload_images
 from harness.errors import InputError, RegistryError
 from harness.host import HostEngine
 from harness.mirror_images import named_references, run_texts
@@ -126,6 +128,10 @@ class RunOptions:
     branch: str | None = None
     # Only these jobs run when not empty; the others are reported as skipped.
     jobs: tuple[str, ...] = ()
+    # The GitLab Runner version the executor behaves like (harness.executor.compat); None: current.
+    runner_version: str | None = None
+    # Jobs' docker images are replaced by this engine line's (harness.engine_lines); None: as written.
+    engine_line: EngineLine | None = None
 
 
 def run_scenario(client: docker.DockerClient, scenario: Scenario, mode: str,
@@ -164,8 +170,12 @@ def check_inputs(client: docker.DockerClient, scenario: Scenario, mode: str,
     scenario.check_branch(options.branch)
     _check_job_names(pipeline, files.pipeline, options.jobs)
 
+    named = _named_images(files, pipeline, config)
+    if options.engine_line is not None:
+        named = [(path, key, substitute_image(image, options.engine_line)) for path, key, image in named]
+
     checked: set[str] = set()
-    for path, key, image in _named_images(files, pipeline, config):
+    for path, key, image in named:
         # The runner expands variables in image names per job, so such a name is checked then.
         if image in checked or "$" in image:
             continue
@@ -342,7 +352,8 @@ class _Session:
             wired = _with_pull_policy(wired, self.options.pull_policy)
         config_toml = render_toml(wired.to_dict())
         runner_class = InProcessRunner if self.options.in_process else RunnerContainer
-        runner = runner_class(self.client, config_toml, project.repo_dir, self.scenario.watch_paths).start()
+        runner = runner_class(self.client, config_toml, project.repo_dir, self.scenario.watch_paths,
+                              runner_version=self.options.runner_version).start()
         self.stack.callback(self._close_runner, runner)
         return runner
 
@@ -403,8 +414,11 @@ class _Session:
         started = time.monotonic()
         started_at = time.time()
         chunks: list[str] = []
+        payload = job.payload
+        if self.options.engine_line is not None:
+            payload = substitute_payload_images(payload, self.options.engine_line)
         try:
-            details = runner.run_job(job.payload, chunks.append, concurrent_id=concurrent_id)
+            details = runner.run_job(payload, chunks.append, concurrent_id=concurrent_id)
         except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as error:
             if self.host.responds():
                 raise
@@ -452,10 +466,10 @@ class _Session:
         In DooD a job's own ``docker run`` leaves containers on the host that carry no harness
         label. They are found by comparing with the snapshot taken before the first job. Without
         the host socket in the runner's volumes, jobs cannot reach the host engine, so only
-        watched paths are removed then.
-        NOTE: in a run whose jobs reach the host engine, anything another process creates on the
-        same engine during the run is removed too. A disposable sandbox engine per session would
-        remove that risk.
+        watched paths are removed then. Labelled containers are left to their owners, so runs in
+        parallel threads keep their runners, registries and services.
+        NOTE: with ``--host-engine=local``, anything unlabelled that another process creates on
+        the same engine during the run is removed too. The default sandbox host has no such risk.
         """
         if self.host_lost:
             log.warning("host engine (%s) is gone; what jobs left on it is not removed", self.host.description)
@@ -471,7 +485,7 @@ class _Session:
     def _remove_host_leftovers(self, baseline: placement_module.Snapshot, final: placement_module.Snapshot) -> None:
         known = {c.name for c in baseline.containers}
         for record in final.containers:
-            if record.name not in known:
+            if record.name not in known and not _is_managed(self.client, record.id):
                 _ignore_missing(lambda: self.client.containers.get(record.id).remove(force=True, v=True))
                 log.info("removed container %s that a job left on the host engine", record.name)
         for image in set(final.images) - set(baseline.images):
@@ -484,6 +498,14 @@ class _Session:
 def _mounts_host_socket(config: RunnerConfig) -> bool:
     """Return whether the runner gives jobs the host engine's socket through ``[runners.docker] volumes``."""
     return any(volume.split(":", 1)[0].endswith("docker.sock") for volume in config.docker.volumes)
+
+
+def _is_managed(client, container_id: str) -> bool:
+    try:
+        container_labels = client.api.inspect_container(container_id)["Config"].get("Labels") or {}
+    except docker.errors.NotFound:
+        return True
+    return container_labels.get(labels.MANAGED) == "true"
 
 
 def _with_pull_policy(config: RunnerConfig, policy: str) -> RunnerConfig:
@@ -548,6 +570,6 @@ def _ignore_missing(remove) -> None:
         pass
     except docker.errors.APIError as error:
         # Another process on the same engine removes it at this moment: dockerd answers 409.
-        if error.status_code != 409 or "already in progress" not in str(error):
+        if error.status_code != 409 or "already in progress" not in str(error.explanation or error):
             raise
-        log.info("removal already in progress elsewhere: %s", error.explanation)
+        log.debug("removal already in progress elsewhere: %s", error.explanation)

@@ -103,9 +103,11 @@ class RunnerContainer:
     """
 
     def __init__(self, client: docker.DockerClient, config_toml: str, sources: Path,
-                 watch_paths: tuple[str, ...] = (), image: str = RUNNER_IMAGE) -> None:
+                 watch_paths: tuple[str, ...] = (), image: str = RUNNER_IMAGE,
+                 runner_version: str | None = None) -> None:
         self.client = client
         self.image = image
+        self.runner_version = runner_version
         self.watch_paths = tuple(watch_paths)
         self.sources = sources
         self.work_dir = Path(tempfile.mkdtemp(prefix="harness-runner-"))
@@ -144,6 +146,8 @@ class RunnerContainer:
                    "--result", f"{WORK_MOUNT}/result-{job_id}.json", "--concurrent-id", str(concurrent_id)]
         for path in self.watch_paths:
             command += ["--watch", path]
+        if self.runner_version:
+            command += ["--runner-version", self.runner_version]
         execution = self.client.api.exec_create(self.container.id, command)
         secrets = masked_values(payload.get("variables", []))
         # The trace is the executor's stdout; its stderr carries the executor's own log lines,
@@ -179,9 +183,10 @@ class InProcessRunner:
     """Runs the executor inside this Python process, against the same engine (for debugging)."""
 
     def __init__(self, client: docker.DockerClient, config_toml: str, sources: Path,
-                 watch_paths: tuple[str, ...] = ()) -> None:
+                 watch_paths: tuple[str, ...] = (), runner_version: str | None = None) -> None:
         self.client = client
         self.sources = sources
+        self.runner_version = runner_version
         self.watch_paths = tuple(watch_paths)
         self.work_dir = Path(tempfile.mkdtemp(prefix="harness-runner-"))
         self.config_path = self.work_dir / "config.toml"
@@ -194,9 +199,11 @@ class InProcessRunner:
     def run_job(self, payload: dict, on_trace: Callable[[str], None], concurrent_id: int = 0) -> dict:
         """Run one job in this process; return the same result dictionary the container writes."""
         from harness.executor.__main__ import run_payload
+        from harness.executor.compat import RunnerCompat
 
+        compat = RunnerCompat.for_version(self.runner_version) if self.runner_version else None
         return run_payload(self.client, self.config_path, payload, self.sources, _TraceWriter(on_trace),
-                           watch_paths=self.watch_paths, concurrent_id=concurrent_id)
+                           compat=compat, watch_paths=self.watch_paths, concurrent_id=concurrent_id)
 
     def close(self) -> None:
         """Remove the temporary work directory."""

@@ -178,5 +178,5 @@ def test_compat_for_version():
     assert not legacy.cache_volume_naming_pre_18_4
     assert RunnerCompat.for_version("18.3.1").cache_volume_naming_pre_18_4
     assert not RunnerCompat().legacy_links
-    with pytest.raises(NotImplementedError):
-        RunnerCompat.for_version("15.11.0").check_supported()
+    assert RunnerCompat.for_version("15.11.0").container_per_stage
+    assert not RunnerCompat.for_version("16.0.0").container_per_stage

@@ -73,6 +73,7 @@ def _run_output(client, image: str, command: list[str]) -> str:
 
 def test_second_ensure_builds_nothing(second_report):
     assert second_report.built == []
+    assert not any(load_catalog()[result.recipe].on_demand for result in second_report.results)
     for result in second_report.results:
         assert result.action in ("up to date", "skipped"), result
 
@@ -83,7 +84,7 @@ def test_images_carry_forge_labels(client, second_report):
     skipped = {result.recipe for result in second_report.results if result.action == "skipped"}
 
     for recipe in catalog.values():
-        if recipe.name in skipped:
+        if recipe.name in skipped or recipe.on_demand:
             continue
         for tag in recipe.tags:
             image_labels = client.images.get(tag).labels
@@ -94,7 +95,7 @@ def test_images_carry_forge_labels(client, second_report):
 
 def test_list_images_shows_current_stand_ins(client, second_report):
     skipped = {result.recipe for result in second_report.results if result.action == "skipped"}
-    rows = [row for row in images.list_images(client) if row.recipe not in skipped]
+    rows = [row for row in images.list_images(client) if row.recipe not in skipped and not row.on_demand]
 
     assert {row.tag for row in rows} >= {"busybox:latest", "docker:dind", "docker:1.12.6", "node:18"}
     for row in rows:
@@ -201,13 +202,18 @@ def test_render_image_table_aligns_columns():
     rows = [
         images.ImageRow("busybox:latest", "busybox", True, True, False, "sha256:1", 2_000_000),
         images.ImageRow("docker:dind", "dind", False, False, None, None, None),
+        images.ImageRow("docker:26.1-dind", "dind-26", True, True, False, "sha256:2", 352_500_000, "26.1.5+dfsg1",
+                        True),
+        images.ImageRow("docker:28.5-dind", "dind-28", False, False, None, None, None, "", True),
     ]
 
     lines = images.render_image_table(rows).splitlines()
 
-    assert lines[0].split() == ["TAG", "RECIPE", "PRESENT", "STAND-IN", "RECIPE", "CHANGED", "SIZE"]
-    assert lines[1].split() == ["busybox:latest", "busybox", "yes", "yes", "no", "2.0", "MB"]
-    assert lines[2].split() == ["docker:dind", "dind", "no", "-", "-", "-"]
+    assert lines[0].split() == ["TAG", "RECIPE", "PRESENT", "STAND-IN", "RECIPE", "CHANGED", "ENGINE", "SIZE"]
+    assert lines[1].split() == ["busybox:latest", "busybox", "yes", "yes", "no", "-", "2.0", "MB"]
+    assert lines[2].split() == ["docker:dind", "dind", "no", "-", "-", "-", "-"]
+    assert lines[3].split() == ["docker:26.1-dind", "dind-26", "yes", "yes", "no", "26.1.5+dfsg1", "352.5", "MB"]
+    assert lines[4].split() == ["docker:28.5-dind", "dind-28", "on", "demand", "-", "-", "-", "-"]
     recipe_column = lines[0].index("RECIPE")
     assert lines[1].index(" busybox ") + 1 == recipe_column
     assert lines[2].index(" dind ") + 1 == recipe_column

@@ -50,10 +50,3 @@ class RunnerCompat:
             short_token_pre_18_2=numbers < (18, 2),
             network_name_pre_17_2=numbers < (17, 2),
         )
-
-    def check_supported(self) -> None:
-        """Raise NotImplementedError for a behaviour the executor cannot reproduce yet."""
-        if self.container_per_stage:
-            # NOTE: runners before 16.0 created a fresh build or predefined container per stage.
-            # The executor only reuses one container of each kind, as 16.0 and later do.
-            raise NotImplementedError("container_per_stage (GitLab Runner < 16.0) is not implemented")

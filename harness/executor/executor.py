@@ -81,7 +81,6 @@ class DockerExecutor:
         self.client = client
         self.settings = config if isinstance(config, ExecutorSettings) else ExecutorSettings.from_config(config, runner)
         self.compat = compat or RunnerCompat()
-        self.compat.check_supported()
         self.observer = observer
 
     def run(self, payload: dict, sources_path: Path | str | None, trace_stream: TextIO | None = None,

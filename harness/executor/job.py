@@ -81,7 +81,12 @@ class JobContext:
 
     @property
     def protected(self) -> bool:
-        """True for a protected ref, or when a cache key ends in ``-protected``."""
+        """True for a protected ref, or when a cache key ends in ``-protected``.
+
+        Always False for runners before 18.4, which gave cache volumes no ``-protected`` suffix.
+        """
+        if self.compat.cache_volume_naming_pre_18_4:
+            return False
         if (self.payload.get("git_info") or {}).get("protected"):
             return True
         return any(str(cache.get("key", "")).endswith("-protected") for cache in self.payload.get("cache") or ())

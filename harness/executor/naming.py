@@ -94,6 +94,11 @@ def predefined_container_name(prefix: str) -> str:
     return f"{prefix}-predefined"
 
 
+def per_stage_container_name(prefix: str, kind: str, created: int) -> str:
+    """Return ``<prefix>-<kind>-<n>`` of runners before 16.0: n counts the job containers made before."""
+    return f"{prefix}-{kind}-{created}"
+
+
 def service_container_name(prefix: str, slug: str, index: int) -> str:
     """Return ``<prefix>-<slug>-<index>``; the slug never contains the user's alias."""
     return f"{prefix}-{slug}-{index}"

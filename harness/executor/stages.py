@@ -34,7 +34,13 @@ def exports(variables: JobVariables, temp_dir: str) -> list[str]:
 
 
 class JobContainers:
-    """Creates the build and predefined containers lazily and runs stage scripts in them."""
+    """Creates the build and predefined containers lazily and runs stage scripts in them.
+
+    Runners since 16.0 create one container of each kind and start it again for every stage.
+    With ``RunnerCompat.container_per_stage`` (before 16.0) every stage gets a new container,
+    named ``<prefix>-<kind>-<n>`` after the number of job containers created before it; the
+    earlier ones stay, stopped, until the job's cleanup removes them.
+    """
 
     def __init__(self, context: JobContext, trace: Trace, labeler: Labeler, network: NetworkManager,
                  binds: list[str], sources_path: Path | None, helper_image_id: str) -> None:
@@ -48,6 +54,7 @@ class JobContainers:
         self._extra_hosts: list[str] = []
         self._links: list[tuple[str, str]] = []
         self.ids: dict[str, str] = {}
+        self._created = 0
 
     def reach_services(self, extra_hosts: list[str], links: list[tuple[str, str]]) -> None:
         """Set the service hosts entries (18.7+) or Docker links (before 18.7) of both containers."""
@@ -59,9 +66,15 @@ class JobContainers:
         """The project's ``.tmp`` directory that contains file variables."""
         return self._context.project_dir + ".tmp"
 
+    def _name(self, kind: str) -> str:
+        prefix = self._context.prefix
+        if self._context.compat.container_per_stage:
+            return naming.per_stage_container_name(prefix, kind, self._created)
+        return (naming.build_container_name if kind == "build" else naming.predefined_container_name)(prefix)
+
     def _spec(self, kind: str, image: str, command: list[str], entrypoint, privileged: bool) -> containers.ContainerSpec:
         context = self._context
-        name = (naming.build_container_name if kind == "build" else naming.predefined_container_name)(context.prefix)
+        name = self._name(kind)
         return containers.ContainerSpec(
             kind=kind, name=name, image=image, command=command, entrypoint=entrypoint,
             hostname=context.settings.hostname or context.unique_name,
@@ -73,8 +86,11 @@ class JobContainers:
         )
 
     def container(self, kind: str) -> str:
-        """Return the id of the ``build`` or ``predefined`` container, creating it on first use."""
-        if kind in self.ids:
+        """Return the id of the ``build`` or ``predefined`` container to run the next stage in.
+
+        The container is created on first use, and for every stage when containers are per stage.
+        """
+        if kind in self.ids and not self._context.compat.container_per_stage:
             return self.ids[kind]
         settings = self._context.settings
         if kind == "build":
@@ -89,6 +105,7 @@ class JobContainers:
             spec = self._spec("predefined", settings.helper_image, HELPER_COMMAND, None, privileged)
 
         container_id = containers.create(self._context.client, spec)
+        self._created += 1
         self.ids[kind] = container_id
         self._context.containers.append({"id": container_id, "name": spec.name, "type": kind})
         if kind == "predefined" and self._context.strategy != "none":
