@@ -7,6 +7,8 @@ integration test would report green on a broken machine.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -35,6 +37,15 @@ def pytest_configure(config: pytest.Config) -> None:
     engine_url = config.getoption("--harness-engine", default=None)
     if engine_url:
         os.environ["DOCKER_HOST"] = engine_url
+
+    # pytest dies on SIGTERM without tearing fixtures down. As KeyboardInterrupt the teardown runs,
+    # so a CI job timeout or `kill` still removes the session's sandbox, registries and mirror.
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 @pytest.fixture(scope="session")

@@ -106,3 +106,36 @@ def test_sigkill_mid_job_swept_next_session(engine_client):
 
     # Catches a sweep that misses a labelled resource, a sandbox directory or host trust.
     assert _leftovers(engine_client, run.session) == []
+
+
+WAITING_TEST = """
+import time
+
+def test_wait(host_engine):
+    print("sandbox ready", host_engine.description, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_sigterm_to_pytest_tears_down(engine_client, tmp_path):
+    (tmp_path / "test_wait.py").write_text(WAITING_TEST)
+    session = secrets.token_hex(4)
+    # The inner pytest runs outside the repository, so it is pointed at this checkout's package.
+    environment = {**os.environ, "HARNESS_SESSION_ID": session, "PYTHONPATH": str(REPO_ROOT)}
+    environment.pop("HARNESS_OWNER_PID", None)
+    process = subprocess.Popen([sys.executable, "-m", "pytest", "-s", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+                               cwd=tmp_path, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    output = []
+    for line in process.stdout:
+        output.append(line)
+        if "sandbox ready" in line:
+            break
+    assert any("sandbox ready" in line for line in output), "".join(output)
+    assert _leftovers(engine_client, session), "the inner session created nothing"
+
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=TEARDOWN_TIMEOUT_SECONDS)
+
+    # Catches a pytest session that dies on SIGTERM without removing its sandbox and mirror.
+    assert _leftovers(engine_client, session) == []
