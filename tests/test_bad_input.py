@@ -169,6 +169,16 @@ def replace_text(relative: str, old: str, new: str) -> Breaker:
     return breaker
 
 
+def truncate_at(relative: str, marker: str) -> Breaker:
+    """Cut the file at the first ``marker`` (which must occur), dropping it and all that follows."""
+    def breaker(folder: Path) -> None:
+        path = folder / relative
+        text = path.read_text()
+        assert marker in text, f"{marker!r} not in {path}"
+        path.write_text(text[:text.index(marker)])
+    return breaker
+
+
 def append_text(relative: str, text: str) -> Breaker:
     def breaker(folder: Path) -> None:
         with open(folder / relative, "a") as handle:
@@ -271,7 +281,9 @@ CASES = {
         replace_text(SCENARIO, "[modes.dood]", "[modes.dind_copy]"),
         SCENARIO, "modes.dind_copy.kind", "missing", 'write kind = "dind" or kind = "dood"', mode="dood"),
     "scenario-mode-missing": Case(
-        chain(replace_text(SCENARIO, '[modes.dood]\npipeline = "dood.gitlab-ci.yml"\n', ""),
+        # The expectations name the dood mode too, so they go with it.
+        chain(truncate_at(SCENARIO, "[[expect]]"),
+              replace_text(SCENARIO, '[modes.dood]\npipeline = "dood.gitlab-ci.yml"\n', ""),
               replace_text(SCENARIO, 'runner_config = "config.dood.toml"\n', ""),
               replace_text(SCENARIO, "differs = ", "# differs = ")),
         SCENARIO, "modes.dood", "mode not defined", "add a [modes.dood] table", mode="dood"),
