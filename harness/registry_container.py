@@ -43,6 +43,8 @@ REGISTRY_IMAGE = "registry:2"
 CONFIG_TEMPLATE = Path(__file__).resolve().parents[1] / "docker" / "registry" / "config.yml.tmpl"
 CONFIG_DIR = "/etc/docker/registry"
 STORAGE_PATH = "/var/lib/docker-registry"
+# A file named <registry name><suffix> in a wiring trust directory marks a registry that uses it.
+OWNER_SUFFIX = ".owner"
 HTPASSWD_AUTH = "auth:\n  htpasswd:\n    realm: dind-dood-harness\n    path: /etc/docker/registry/htpasswd\n"
 
 
@@ -144,7 +146,9 @@ class RegistryContainer:
     def _remove_wiring_files(self) -> None:
         for path in self._wiring_paths:
             if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
+                (path / f"{self.name}{OWNER_SUFFIX}").unlink(missing_ok=True)
+                if not any(path.glob(f"*{OWNER_SUFFIX}")):
+                    shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
         self._wiring_paths.clear()
@@ -315,14 +319,27 @@ class RegistryContainer:
 
     def _write_wiring_certs(self) -> None:
         certs = session_dir() / "certs.d"
+        ca_pem = self._authority().cert_pem
         for name in self._hostnames:
             directory = certs / name
-            if directory.exists():
+            if directory.exists() and not self._may_share(directory, ca_pem):
                 raise RegistryError(f"another registry of session {labels.session_id()} already uses "
                                     f"hostname {name}; give each registry its own hostnames")
-            directory.mkdir(parents=True)
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / "ca.crt").write_bytes(ca_pem)
+            (directory / f"{self.name}{OWNER_SUFFIX}").touch()
             self._wiring_paths.append(directory)
-            (directory / "ca.crt").write_bytes(self._authority().cert_pem)
+
+    def _may_share(self, directory: Path, ca_pem: bytes) -> bool:
+        """Return whether this registry may use the existing trust directory of another one.
+
+        Mirrors on different networks (the default bridge, a sandbox's network) all answer to the
+        Docker Hub names, and every harness certificate comes from one CA. So they share a trust
+        directory, which stays until its last owner stops. Other registries never share one.
+        """
+        owners = [path.name for path in directory.glob(f"*{OWNER_SUFFIX}")]
+        return (self.role == "mirror" and bool(owners) and all("-mirror-" in owner for owner in owners)
+                and (directory / "ca.crt").read_bytes() == ca_pem)
 
 
 def _tar(files: list[tuple[str, bytes]]) -> bytes:
