@@ -59,6 +59,20 @@ class Snapshot:
         """Return a JSON-serialisable copy."""
         return asdict(self)
 
+    def masked(self, hide: Callable[[str], str]) -> Snapshot:
+        """Return a copy whose names and paths went through ``hide``, such as a secret mask.
+
+        A job may put a masked variable into a resource name (``docker volume create vol-$TOKEN``),
+        and the placement table and report print those names.
+        """
+        return Snapshot(
+            daemon=self.daemon, when=self.when, images=[hide(name) for name in self.images],
+            containers=[ContainerRecord(hide(record.name), record.id, hide(record.image), record.state,
+                                        record.network_mode, {key: hide(value) for key, value in record.labels.items()})
+                        for record in self.containers],
+            volumes=[hide(name) for name in self.volumes], networks=[hide(name) for name in self.networks],
+            paths={hide(path): [hide(name) for name in names] for path, names in self.paths.items()})
+
     @classmethod
     def from_dict(cls, data: dict) -> "Snapshot":
         """Rebuild a snapshot from :meth:`to_dict` output."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import re
 import secrets
@@ -272,12 +273,19 @@ class _Session:
         jobs = self._run_stages(runner, compiled, snapshots, config.concurrent)
 
         result = RunResult(self.scenario.name, self.mode, jobs,
-                           placement_module.Placement(self.mode, baseline, snapshots), secrets=self.secrets,
+                           self._masked_placement(baseline, snapshots), secrets=self.secrets,
                            runner_volumes=list(config.docker.volumes), host=self.host.description)
         if self.registry is not None:
             result.registry_tags = self._registry_tags()
             result.registry_log = mask(self.registry.logs(tail="all"), self.secrets)
         return result
+
+    def _masked_placement(self, baseline, snapshots) -> placement_module.Placement:
+        """Return the placement with masked values hidden in every resource name it lists."""
+        def hide(text: str) -> str:
+            return mask(text, self.secrets)
+
+        return placement_module.Placement(self.mode, baseline.masked(hide), [s.masked(hide) for s in snapshots])
 
     def _registry_tags(self) -> dict[str, list[str]]:
         """Return what the registry stores, or {} when it stopped during the run (logged)."""
@@ -428,8 +436,10 @@ class _Session:
         for observed in details.get("snapshots", []):
             snapshots.append(placement_module.Snapshot.from_dict(observed))
         snapshots.append(self._snapshot_host(f"after {job.name}"))
+        # The executor's result lists resource names, which may contain a masked value.
+        masked_details = json.loads(mask(json.dumps(details), self.secrets))
         result = JobResult(job.name, job.stage, details.get("status", "failed"), details.get("exit_code"),
-                           trace, time.monotonic() - started, details, started_at, _docker_host(job.payload))
+                           trace, time.monotonic() - started, masked_details, started_at, _docker_host(job.payload))
         if result.status == "failed":
             result.reason = mask(details.get("fault") or self._registry_fault(), self.secrets)
         because = f", because {result.reason}" if result.reason else ""

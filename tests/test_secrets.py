@@ -63,6 +63,7 @@ Echo:
     - printf 'abc:%s' "$REGISTRY_PASSWORD" | base64
     - printf '%s' "$CI_JOB_TOKEN" | base64
     - echo "url https://$REGISTRY_USER:$REGISTRY_PASSWORD@$REGISTRY_ADDRESS/v2/"
+    - docker volume create "vol-$REGISTRY_PASSWORD"
     - echo "$REGISTRY_PASSWORD" | docker login -u "$REGISTRY_USER" --password-stdin "$REGISTRY_ADDRESS"
     - cat "$HOME/.docker/config.json"
     - docker login -u "$REGISTRY_USER" -p "wrong-$REGISTRY_PASSWORD" "$REGISTRY_ADDRESS"
@@ -87,7 +88,7 @@ def leaks(result: RunResult, extra: dict[str, str]) -> list[str]:
     texts = {f"trace of {job.name}": job.trace for job in result.jobs}
     texts |= {f"details of {job.name}": json.dumps(job.details) for job in result.jobs}
     texts |= {"registry log": result.registry_log, "summary": result.summary(),
-              "report": render_report([result]), **extra}
+              "placement table": result.placement.table(), "report": render_report([result]), **extra}
     forms = {f"{name} of secret {index}": form for index, secret in enumerate(result.secrets)
              for name, form in encoded_forms(secret).items()}
     found = [f"{where}: {name}" for name, form in forms.items() for where, text in texts.items() if form in text]
@@ -146,6 +147,8 @@ def test_secrets_hidden_from_every_output(engine_client, secrets_scenario, caplo
     assert echo.trace.count("[MASKED]") >= 8, echo.trace
     assert pull.status == "failed", pull.trace
     assert "busybox:[MASKED]" in pull.trace
+    # The volume named after the password is listed, under its masked name.
+    assert "vol-[MASKED]" in result.placement.table()
     assert result.leaked_secrets() == []
     assert leaks(result, {"caplog": caplog.text}) == []
 
