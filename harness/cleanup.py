@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
+import tempfile
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import docker
 import docker.errors
@@ -17,6 +21,12 @@ import docker.errors
 from harness import labels
 
 log = logging.getLogger(__name__)
+
+# Wiring and sandbox directories without a container are left this long, since a session that
+# is setting up a registry or sandbox writes the directory just before it creates the container.
+ORPHAN_AGE_SECONDS = 60
+# A temporary directory from labels.temp_prefix: harness-<kind>-<session>-<owner pid>-<random>.
+_TEMP_NAME = re.compile(r"harness-(?:runner|project)-([0-9a-f]+)-(\d+)-.+")
 
 
 @dataclass
@@ -91,6 +101,7 @@ def clean(client: docker.DockerClient, session: str | None = None, dead_only: bo
     if not dry_run:
         _remove_host_trust(found)
         _remove_sandbox_directories(found)
+        _remove_session_files(client, session, dead_only, _sessions(found))
     if found.count():
         log.info("%s %d containers, %d networks, %d volumes", "found" if dry_run else "removed",
                  len(found.containers), len(found.networks), len(found.volumes))
@@ -114,6 +125,57 @@ def _remove_sandbox_directories(found: Leftovers) -> None:
         directory = sandboxes_dir() / name
         if directory.is_dir():
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def _sessions(found: Leftovers) -> set[str]:
+    return {owner for rows in (found.containers, found.networks, found.volumes) for _, owner in rows if owner}
+
+
+def _remove_session_files(client: docker.DockerClient, session: str | None, dead_only: bool,
+                          removed_sessions: set[str]) -> None:
+    """Remove temporary directories, registry wiring and sandbox directories of finished sessions.
+
+    A session killed with SIGKILL, or interrupted again during its teardown, leaves files behind
+    that carry no Docker label: job payloads with secrets in the temporary directory, ``certs.d``
+    copies, sandbox socket directories. A temporary directory names its session and owner
+    process. A wiring or sandbox directory is removed once no labelled container of its session
+    or name exists and it is older than ``ORPHAN_AGE_SECONDS``, so one being set up stays.
+    """
+    from harness.registry_trust import registry_state_dir
+    from harness.sandbox import sandboxes_dir
+
+    for path in Path(tempfile.gettempdir()).glob("harness-*"):
+        match = _TEMP_NAME.fullmatch(path.name)
+        if match is None or not path.is_dir():
+            continue
+        owner_session, owner_pid = match.groups()
+        if session is not None:
+            selected = owner_session == session
+        else:
+            selected = owner_pid != str(os.getpid()) and (not dead_only or not _pid_alive(owner_pid))
+        if selected:
+            shutil.rmtree(path, ignore_errors=True)
+            log.info("removed %s of session %s", path, owner_session)
+
+    containers = _managed_containers(client)
+    live_sessions = {owner for _, owner in containers} | {labels.session_id()}
+    live_names = {name for name, _ in containers}
+    pattern = session or "*"
+    orphans = [directory for directory in (registry_state_dir() / "sessions").glob(pattern)
+               if directory.name not in live_sessions]
+    orphans += [directory for directory in sandboxes_dir().glob(f"{labels.PREFIX}-{pattern}-*")
+                if directory.name not in live_names]
+    for directory in orphans:
+        swept = directory.name in removed_sessions or any(f"-{owner}-" in directory.name for owner in removed_sessions)
+        if directory.is_dir() and (swept or time.time() - directory.stat().st_mtime > ORPHAN_AGE_SECONDS):
+            shutil.rmtree(directory, ignore_errors=True)
+            log.info("removed %s, which no running session uses", directory)
+
+
+def _managed_containers(client: docker.DockerClient) -> list[tuple[str, str]]:
+    """Return (name, session) of every labelled container on the engine."""
+    return [((summary.get("Names") or ["/"])[0].lstrip("/"), (summary.get("Labels") or {}).get(labels.SESSION, ""))
+            for summary in client.api.containers(all=True, filters=labels.managed_filter())]
 
 
 def _ignore_missing(remove, **kwargs) -> None:

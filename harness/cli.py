@@ -378,20 +378,34 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     logging.getLogger("docker").setLevel(logging.WARNING)
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         return args.handler(args)
     except HarnessError as error:
         print(f"harness: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
+        _remove_session_leftovers()
         print("harness: interrupted; what this run created has been removed", file=sys.stderr)
-        return 130
+        # The shell convention: 128 plus the signal number (130 for SIGINT, 143 for SIGTERM).
+        return 128 + (_interrupted_by[0] if _interrupted_by else signal.SIGINT)
     finally:
         _remove_session_leftovers()
 
 
+_interrupted_by: list[int] = []
+
+
 def _interrupt(signum, frame) -> None:
-    """Turn SIGTERM into KeyboardInterrupt, so every ExitStack unwinds as it does on Ctrl-C."""
+    """Turn the first SIGINT or SIGTERM into KeyboardInterrupt, so every ExitStack unwinds.
+
+    Later signals only log, because a second KeyboardInterrupt in the middle of the teardown
+    would leave half of what the run created behind.
+    """
+    if _interrupted_by:
+        log.warning("teardown in progress: it removes what this run created; wait for it to finish")
+        return
+    _interrupted_by.append(signum)
     raise KeyboardInterrupt
 
 

@@ -53,3 +53,11 @@ def session_filter(session: str | None = None) -> dict[str, list[str]]:
 def managed_filter() -> dict[str, list[str]]:
     """Return a docker-py ``filters`` dict matching every resource any harness session created."""
     return {"label": [f"{MANAGED}=true"]}
+
+
+def temp_prefix(kind: str) -> str:
+    """Return the prefix of this session's temporary directories of ``kind`` (``runner``, ``project``).
+
+    It names the session and the owner process, so a sweep can remove what a killed session left.
+    """
+    return f"harness-{kind}-{session_id()}-{_owner_pid}-"

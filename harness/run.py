@@ -312,7 +312,7 @@ class _Session:
 
     def _project(self) -> Project:
         work_dir = Path(self.stack.enter_context(
-            tempfile.TemporaryDirectory(prefix="harness-project-", ignore_cleanup_errors=True)))
+            tempfile.TemporaryDirectory(prefix=labels.temp_prefix("project"), ignore_cleanup_errors=True)))
         return Project.from_directory(self.scenario.project_dir, self.scenario.namespace,
                                       self.scenario.project_name, branch=self.scenario.branch,
                                       work_dir=work_dir)

@@ -110,7 +110,7 @@ class RunnerContainer:
         self.runner_version = runner_version
         self.watch_paths = tuple(watch_paths)
         self.sources = sources
-        self.work_dir = Path(tempfile.mkdtemp(prefix="harness-runner-"))
+        self.work_dir = Path(tempfile.mkdtemp(prefix=labels.temp_prefix("runner")))
         (self.work_dir / "config.toml").write_text(config_toml)
         self.container = None
 
@@ -188,7 +188,7 @@ class InProcessRunner:
         self.sources = sources
         self.runner_version = runner_version
         self.watch_paths = tuple(watch_paths)
-        self.work_dir = Path(tempfile.mkdtemp(prefix="harness-runner-"))
+        self.work_dir = Path(tempfile.mkdtemp(prefix=labels.temp_prefix("runner")))
         self.config_path = self.work_dir / "config.toml"
         self.config_path.write_text(config_toml)
 

@@ -206,8 +206,12 @@ def _read_toml(path: Path) -> dict:
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
+        pods = sorted(path.parent.glob("*.yaml"))
+        if pods and not (path.parent / "project").exists():
+            raise InputError(path, "", "scenario.toml not found; this folder holds Kubernetes pod manifests",
+                             f"run one with `harness pod run {pods[0]}`") from None
         raise InputError(path, "", "scenario.toml not found",
-                         "create it (the format is described in harness/scenario.py)") from None
+                         "create it (the format is described in docs/scenarios.md)") from None
     except (OSError, UnicodeDecodeError) as error:
         raise InputError(path, "", f"cannot read the file: {error}",
                          "check the file permissions and that it is UTF-8 text") from None

@@ -13,13 +13,14 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
 import pytest
 
 from harness import cleanup
-from harness.registry_trust import HOST_CERTS_DIR, HOSTS_FILE
+from harness.registry_trust import HOST_CERTS_DIR, HOSTS_FILE, registry_state_dir
 from harness.sandbox import sandboxes_dir
 
 pytestmark = [pytest.mark.engine, pytest.mark.dind, pytest.mark.slow]
@@ -68,10 +69,12 @@ class _Run:
 
 
 def _leftovers(client, session: str) -> list[str]:
-    """Return every labelled resource, sandbox directory and host trust entry of ``session``."""
+    """Return every labelled resource, sandbox, temporary and wiring directory and host trust entry of ``session``."""
     found = cleanup.clean(client, session=session, dry_run=True)
     names = [name for rows in (found.containers, found.networks, found.volumes) for name, _ in rows]
     names += [str(path) for path in sandboxes_dir().glob(f"*-{session}-*")]
+    names += [str(path) for path in Path(tempfile.gettempdir()).glob(f"harness-*-{session}-*")]
+    names += [str(path) for path in (registry_state_dir() / "sessions").glob(session)]
     names += [line for line in HOSTS_FILE.read_text().splitlines() if session in line]
     if HOST_CERTS_DIR.is_dir():
         names += [str(marker) for marker in HOST_CERTS_DIR.glob("*/*") if marker.is_file()
