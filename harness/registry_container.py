@@ -333,7 +333,7 @@ class RegistryContainer:
     def _may_share(self, directory: Path, ca_pem: bytes) -> bool:
         """Return whether this registry may use the existing trust directory of another one.
 
-        Mirrors on different networks (the default bridge, a sandbox's network) all answer to the
+        Mirrors on different networks (the default bridge, a sandbox's network) all serve the
         Docker Hub names, and every harness certificate comes from one CA. So they share a trust
         directory, which stays until its last owner stops. Other registries never share one.
         """
