@@ -12,6 +12,7 @@ service of a job (``dind:<job>:<alias>`` when a job has several).
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -65,11 +66,12 @@ class Snapshot:
         A job may put a masked variable into a resource name (``docker volume create vol-$TOKEN``),
         and the placement table and report print those names.
         """
-        return Snapshot(
-            daemon=self.daemon, when=self.when, images=[hide(name) for name in self.images],
-            containers=[ContainerRecord(hide(record.name), record.id, hide(record.image), record.state,
-                                        record.network_mode, {key: hide(value) for key, value in record.labels.items()})
-                        for record in self.containers],
+        containers = [dataclasses.replace(record, name=hide(record.name), image=hide(record.image),
+                                          labels={key: hide(value) for key, value in record.labels.items()})
+                      for record in self.containers]
+        # replace() keeps every other field, such as a dind daemon's start record.
+        return dataclasses.replace(
+            self, images=[hide(name) for name in self.images], containers=containers,
             volumes=[hide(name) for name in self.volumes], networks=[hide(name) for name in self.networks],
             paths={hide(path): [hide(name) for name in names] for path, names in self.paths.items()})
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.placement import dockerd_hosts
+from harness.placement import ContainerRecord, Snapshot, dockerd_hosts
 
 ENTRYPOINT_ARGUMENTS = ["dockerd", "--host=unix:///certs/client/docker.sock", "--host=tcp://0.0.0.0:2375",
                         "--tls=false"]
@@ -29,3 +29,18 @@ def test_short_and_separate_forms(arguments, expected):
 def test_no_host_flags():
     # Catches a parser that takes other flags' values for hosts. The caller then uses the default.
     assert dockerd_hosts(["dockerd", "--tls=false", "--mtu", "1200", "--host"]) == []
+
+
+def test_masked_snapshot_keeps_start_record() -> None:
+    snapshot = Snapshot("dind:Build", "before removal", images=["app:s3cret-tag"], volumes=["vol-s3cret-tag"],
+                        containers=[ContainerRecord("web-s3cret-tag", "abc", "app:s3cret-tag", "running")],
+                        paths={"/logs": ["s3cret-tag.log"]}, start={"plain_tcp": True, "ready_seconds": 1.5})
+
+    masked = snapshot.masked(lambda text: text.replace("s3cret-tag", "[MASKED]"))
+
+    assert masked.images == ["app:[MASKED]"]
+    assert masked.volumes == ["vol-[MASKED]"]
+    assert masked.containers[0].name == "web-[MASKED]"
+    assert masked.paths == {"/logs": ["[MASKED].log"]}
+    # Catches a copy that drops fields it does not mask, such as how a dind daemon started.
+    assert masked.start == {"plain_tcp": True, "ready_seconds": 1.5}
