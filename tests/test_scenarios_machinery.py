@@ -18,9 +18,10 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import docker
 import pytest
 
-from harness import labels
+from harness import cleanup, labels
 from harness.placement import HOST
 from harness.run import RunOptions, RunResult, run_scenario
 from harness.scenario import load_scenario
@@ -229,7 +230,13 @@ def _start_session(session: str) -> subprocess.Popen:
 def test_x1_two_sessions_never_collide():
     sessions = [secrets.token_hex(4), secrets.token_hex(4)]
     processes = [_start_session(session) for session in sessions]
-    outputs = [process.communicate(timeout=600) for process in processes]
+    try:
+        outputs = [process.communicate(timeout=600) for process in processes]
+    finally:
+        # The library call keeps the runner's cache volumes, as GitLab Runner does; the sessions
+        # are over, so their volumes go.
+        for session in sessions:
+            cleanup.clean(docker.from_env(), session=session)
 
     results = []
     for process, (stdout, stderr) in zip(processes, outputs):
