@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import http.client
 import urllib.request
 from pathlib import Path
 
@@ -47,6 +48,16 @@ def _port_open(host: str, port: int) -> bool:
         with socket.create_connection((host, port), timeout=2):
             return True
     except OSError:
+        return False
+
+
+def _node_serves_httpd() -> bool:
+    # docker-proxy accepts on the node's port before httpd listens in the container, and then
+    # resets the connection; only a full response shows the DooD container is serving.
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:80/", timeout=5) as response:
+            return "It works!" in response.read().decode()
+    except (OSError, http.client.HTTPException):
         return False
 
 
@@ -241,10 +252,9 @@ def test_dood_pod_lands_on_node(engine_client):
     spec = load_pod(SCENARIOS / "k8s-dood" / "pod.yaml")
     with PodRun(engine_client, spec, BACKOFF_SCALE) as run:
         assert [probe.docker_api for probe in run.socket_probes] == [True]
-        run.pod.wait_for(lambda: _port_open("127.0.0.1", 80), 30, "port 80 bound on the node")
-        # Catches a client that did not reach the node's engine through the hostPath socket.
-        body = urllib.request.urlopen("http://127.0.0.1:80/", timeout=5).read().decode()
-        assert "It works!" in body
+        # Catches a client that did not reach the node's engine through the hostPath socket:
+        # wait_for raises when the node's port 80 never serves httpd's page.
+        run.pod.wait_for(_node_serves_httpd, 60, "httpd served on the node's port 80")
         run.observe()
     result = run.result()
 
