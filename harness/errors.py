@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class HarnessError(Exception):
     """Root of every error the harness raises for its own failures."""
@@ -28,6 +31,21 @@ class InputError(HarnessError):
         location = f"{self.file}: {self.key}" if self.key else self.file
         # A value quoted from the input may contain line breaks, and the error must stay one line.
         return _one_line(f"{location}: {self.problem}; {self.fix}")
+
+
+def unknown_key_fix(name: object, known: Iterable[str], ignored: Iterable[str] = (),
+                    cutoff: float = 0.6) -> str:
+    """Return the fix for an unknown key: the closest key, else the list of ``known`` keys.
+
+    ``ignored`` keys are accepted without effect, so they count as spellings but are not offered
+    as keys to use. ``cutoff`` is difflib's similarity ratio; its default of 0.6 catches one or
+    two swapped or missing letters in keys of five letters or more.
+    """
+    choices = sorted(known)
+    close = difflib.get_close_matches(str(name), [*choices, *sorted(ignored)], n=1, cutoff=cutoff)
+    if close:
+        return f"did you mean `{close[0]}`?"
+    return f"remove it or use one of: {', '.join(choices)}"
 
 
 def _one_line(text: str) -> str:

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import InputError
+from harness.errors import InputError, unknown_key_fix
 
 STATUSES = ("success", "failed", "skipped")
 
@@ -93,7 +93,7 @@ def _parse_entry(path: Path, index: int, entry: object, mode_names: list[str]) -
     for key in entry:
         if key not in known and key not in _COMMON_KEYS and key != subject:
             raise InputError(path, f"{prefix}.{key}", f"unknown key for a {subject} check",
-                             f"use one of: {', '.join(sorted({subject, *known, *_COMMON_KEYS}))}")
+                             unknown_key_fix(key, {subject, *known, *_COMMON_KEYS}))
 
     target = entry[subject]
     if not isinstance(target, str) or not target:

@@ -1,7 +1,9 @@
 """Keyword parsers of ``.gitlab-ci.yml`` shared by jobs, ``default:`` and services.
 
 Every parser validates one value and raises InputError with the file, the key path such as
-``build.services[1].alias`` and the fix. Unknown keys only produce a warning.
+``build.services[1].alias`` and the fix. An unknown key is an error whose fix names the closest
+known key. GitLab keywords that the harness deliberately does not compile (``artifacts``,
+``cache``, ``needs`` and the other ``IGNORED_*`` sets) are accepted, and each one logs a warning.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from harness.errors import InputError
+from harness.errors import InputError, unknown_key_fix
 from harness.variables import Variable
 
 log = logging.getLogger(__name__)
@@ -19,6 +21,10 @@ log = logging.getLogger(__name__)
 WHEN_VALUES = ("on_success", "on_failure", "always", "manual", "never")
 IMAGE_KEYS = {"name", "entrypoint", "pull_policy", "docker"}
 SERVICE_KEYS = IMAGE_KEYS | {"alias", "command", "variables"}
+DOCKER_OPTION_KEYS = {"platform", "user"}
+VARIABLE_KEYS = {"value", "description", "options", "expand"}
+# GitLab's Kubernetes executor options on images and services; the harness runs no such executor.
+IGNORED_IMAGE_KEYS = {"kubernetes"}
 _UNITS = {"": 1, "s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1, "m": 60, "min": 60,
           "mins": 60, "minute": 60, "minutes": 60, "h": 3600, "hr": 3600, "hrs": 3600,
           "hour": 3600, "hours": 3600, "d": 86400, "day": 86400, "days": 86400}
@@ -92,9 +98,7 @@ class KeywordReader:
         if isinstance(raw, str):
             return Image(self._name(raw, key))
         body = self.mapping(raw, key, "write image: NAME or image: {name: NAME, entrypoint: [...]}")
-        for field in body:
-            if field not in IMAGE_KEYS:
-                self._unknown(field, f"{key}.{field}", {"kubernetes"})
+        self.check_keys(body, key, IMAGE_KEYS, IGNORED_IMAGE_KEYS)
         if "name" not in body:
             self.fail(f"{key}.name", "missing image name", "add name: with the image reference")
 
@@ -118,9 +122,7 @@ class KeywordReader:
                 continue
 
             body = self.mapping(item, path, "write the service as NAME or {name: NAME, alias: ...}")
-            for field in body:
-                if field not in SERVICE_KEYS:
-                    self._unknown(field, f"{path}.{field}", {"kubernetes"})
+            self.check_keys(body, path, SERVICE_KEYS, IGNORED_IMAGE_KEYS)
             image = self._image({field: body[field] for field in IMAGE_KEYS if field in body}, path)
             command = ()
             if "command" in body:
@@ -147,11 +149,9 @@ class KeywordReader:
         if raw is None:
             return ()
         body = self.mapping(raw, key)
-        for field in body:
-            if field not in ("platform", "user"):
-                self._unknown(field, f"{key}.{field}", set())
+        self.check_keys(body, key, DOCKER_OPTION_KEYS)
         return tuple((field, self.string(body[field], f"{key}.{field}"))
-                     for field in ("platform", "user") if field in body)
+                     for field in sorted(DOCKER_OPTION_KEYS) if field in body)
 
     def _variables(self, raw: Any, key: str) -> tuple[Variable, ...]:
         if raw is None:
@@ -161,9 +161,7 @@ class KeywordReader:
             path = join_key(key, str(name))
             raw_flag = False
             if isinstance(value, dict):
-                for field in value:
-                    if field not in ("value", "description", "options", "expand"):
-                        self._unknown(field, f"{path}.{field}", set())
+                self.check_keys(value, path, VARIABLE_KEYS)
                 raw_flag = not self.boolean(value.get("expand", True), f"{path}.expand")
                 value, path = value.get("value", ""), f"{path}.value"
             variables.append(Variable(str(name), self._value(value, path), public=True,
@@ -240,11 +238,20 @@ class KeywordReader:
                   "write allow_failure: true or allow_failure: {exit_codes: [137]}")
 
 
-    def _unknown(self, field: str, key: str, ignored: set[str]) -> None:
-        if field in ignored:
-            self.warn(key, "is not compiled by the harness and has no effect")
-        else:
-            self.warn(key, "unknown key; check its spelling")
+    def check_keys(self, body: dict[Any, Any], prefix: str, known: set[str] | tuple[str, ...],
+                   ignored: set[str] = frozenset()) -> None:
+        """Raise InputError on the first key of ``body`` that is neither known nor ignored.
+
+        A key in ``ignored`` is a GitLab keyword the harness does not compile, so it only warns.
+        """
+        for field in body:
+            key = join_key(prefix, str(field))
+            if field in known:
+                continue
+            if field in ignored:
+                self.warn(key, "is not compiled by the harness and has no effect")
+                continue
+            self.fail(key, "unknown key", unknown_key_fix(field, known, ignored))
 
     def _name(self, raw: Any, key: str) -> str:
         name = self.string(raw, key)

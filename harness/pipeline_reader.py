@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from harness.errors import InputError
+from harness.errors import InputError, unknown_key_fix
 from harness.pipeline_keywords import Image, Service, join_key, type_name
 from harness.pipeline_rules import RefFilter, Rule, RuleReader
 from harness.variables import Variable
@@ -21,11 +21,16 @@ GLOBAL_KEYS = {"image", "services", "stages", "types", "variables", "default", "
 INHERITABLE_KEYS = ("image", "services", "before_script", "after_script", "timeout")
 JOB_KEYS = {"stage", "script", "only", "except", "rules", "when", "allow_failure", "variables",
             "extends", "inherit", "tags", *INHERITABLE_KEYS}
+# GitLab keywords accepted and not compiled, each with a warning: the harness runs no artifacts,
+# caches, DAG, retries, environments or releases.
 IGNORED_JOB_KEYS = {"artifacts", "cache", "needs", "dependencies", "retry", "interruptible",
                     "environment", "coverage", "resource_group", "release", "pages", "secrets",
                     "id_tokens", "hooks", "parallel", "start_in", "identity", "dast_configuration",
                     "manual_confirmation"}
 IGNORED_DEFAULT_KEYS = {"cache", "artifacts", "retry", "interruptible", "tags", "hooks", "id_tokens"}
+IGNORED_GLOBAL_KEYS = {"cache"}
+WORKFLOW_KEYS = {"rules", "name", "auto_cancel"}
+INHERIT_KEYS = {"default", "variables"}
 
 
 @dataclass(frozen=True)
@@ -152,8 +157,8 @@ class DocumentReader(RuleReader):
         if "include" in document:
             self.fail("include", "include: is not supported by the harness",
                       "copy the included jobs into this file")
-        if "cache" in document:
-            self.warn("cache", "is not compiled by the harness and has no effect")
+        for name in IGNORED_GLOBAL_KEYS & document.keys():
+            self.warn(name, "is not compiled by the harness and has no effect")
 
         jobs = []
         for name, body in document.items():
@@ -161,6 +166,7 @@ class DocumentReader(RuleReader):
                 self.fail(str(name), f"job name {name!r} is not a string", "quote the job name")
             if name in GLOBAL_KEYS or name.startswith("."):
                 continue
+            self._check_misspelled_global(name, body)
             if not isinstance(body, dict):
                 self.fail(name, f"a job must be a mapping, got {type_name(body)}",
                           "indent script:, stage: ... under the job name, or start the name with '.'")
@@ -170,6 +176,20 @@ class DocumentReader(RuleReader):
             self.fail("", "the file defines no visible job",
                       "add a job whose name does not start with '.'")
         return jobs
+
+    def _check_misspelled_global(self, name: str, body: Any) -> None:
+        """Raise InputError for a top-level key that reads as a misspelled global keyword.
+
+        GitLab takes every other top-level key as a job, so ``stagse: [build]`` would otherwise
+        be reported as a job without a script. A mapping with ``script:`` stays a job.
+        """
+        if isinstance(body, dict) and "script" in body:
+            return
+        # A stricter cutoff than for keys inside a job, because job names are free: "TestImage"
+        # is 0.71 similar to "image".
+        fix = unknown_key_fix(name, GLOBAL_KEYS, cutoff=0.8)
+        if fix.startswith("did you mean"):
+            self.fail(name, "unknown top-level key (a job would need script:)", fix)
 
     def _extended(self, document: dict[str, Any], name: str, chain: tuple[str, ...]) -> Any:
         """Return the job merged over its ``extends`` parents, GitLab's deep merge of mappings."""
@@ -233,9 +253,9 @@ class DocumentReader(RuleReader):
         raw = document.get("default")
         sources = {name: (value, f"default.{name}")
                    for name, value in (self.mapping(raw, "default") if raw else {}).items()}
+        self.check_keys(dict(sources), "default", INHERITABLE_KEYS, IGNORED_DEFAULT_KEYS)
         for name in list(sources):
             if name not in INHERITABLE_KEYS:
-                self._unknown(name, f"default.{name}", IGNORED_DEFAULT_KEYS)
                 del sources[name]
 
         for name in ("image", "services", "before_script", "after_script"):
@@ -261,9 +281,7 @@ class DocumentReader(RuleReader):
         if raw is None:
             return None
         body = self.mapping(raw, "workflow")
-        for name in body:
-            if name not in ("rules", "name", "auto_cancel"):
-                self._unknown(name, f"workflow.{name}", set())
+        self.check_keys(body, "workflow", WORKFLOW_KEYS)
         if "rules" not in body:
             return None
         rules = self._rules(body["rules"], "workflow.rules")
@@ -280,9 +298,7 @@ class DocumentReader(RuleReader):
                       "remove the job or replace trigger: with a script:")
         if "script" not in body:
             self.fail(f"{name}.script", "missing script", "add script: with at least one command")
-        for field in body:
-            if field not in JOB_KEYS:
-                self._unknown(field, f"{name}.{field}", IGNORED_JOB_KEYS)
+        self.check_keys(body, name, JOB_KEYS, IGNORED_JOB_KEYS)
 
         defaults, global_variables = self._inherit(name, body.get("inherit"), defaults,
                                                    global_variables)
@@ -320,9 +336,7 @@ class DocumentReader(RuleReader):
         if raw is None:
             return defaults, global_variables
         body = self.mapping(raw, f"{name}.inherit")
-        for field in body:
-            if field not in ("default", "variables"):
-                self._unknown(field, f"{name}.inherit.{field}", set())
+        self.check_keys(body, f"{name}.inherit", INHERIT_KEYS)
 
         kept_defaults = self._inherit_names(body.get("default", True), f"{name}.inherit.default")
         kept_variables = self._inherit_names(body.get("variables", True),

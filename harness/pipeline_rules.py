@@ -15,6 +15,10 @@ from harness.project import Project
 from harness.variables import Expression, ExpressionError, Variable, parse_expression
 
 RULE_KEYS = {"if", "exists", "changes", "when", "allow_failure", "variables"}
+# Accepted in rules but not compiled: the harness runs no DAG, no delayed jobs and no cancelling.
+IGNORED_RULE_KEYS = {"needs", "start_in", "interruptible"}
+# Accepted under exists: and changes: but not compiled: the harness compares against no other ref.
+IGNORED_PATHS_KEYS = {"compare_to", "project", "ref"}
 # The only/except keywords and whether a branch push pipeline matches each.
 REF_KEYWORDS = {"branches": True, "pushes": True, "tags": False, "api": False, "external": False,
                 "pipelines": False, "schedules": False, "triggers": False, "web": False,
@@ -52,9 +56,7 @@ class RuleReader(KeywordReader):
 
     def _rule(self, raw: Any, key: str) -> Rule:
         body = self.mapping(raw, key, "write each rule as a mapping such as {if: '$X == \"y\"'}")
-        for field in body:
-            if field not in RULE_KEYS:
-                self._unknown(field, f"{key}.{field}", {"needs", "start_in", "interruptible"})
+        self.check_keys(body, key, RULE_KEYS, IGNORED_RULE_KEYS)
         allow_failure = None
         if "allow_failure" in body:
             allow_failure = self.boolean(body["allow_failure"], f"{key}.allow_failure")
@@ -77,9 +79,7 @@ class RuleReader(KeywordReader):
     def _paths(self, raw: Any, key: str) -> tuple[str, ...]:
         """Parse the file globs of ``exists:`` or ``changes:`` (a list or ``{paths: [...]}``)."""
         if isinstance(raw, dict):
-            for field in raw:
-                if field not in ("paths",):
-                    self._unknown(field, f"{key}.{field}", {"compare_to", "project", "ref"})
+            self.check_keys(raw, key, {"paths"}, IGNORED_PATHS_KEYS)
             raw, key = raw.get("paths", []), f"{key}.paths"
         return (raw,) if isinstance(raw, str) else self.strings(raw, key)
 
@@ -87,9 +87,7 @@ class RuleReader(KeywordReader):
         if isinstance(raw, (str, list)):
             return RefFilter(refs=self._refs(raw, key))
         body = self.mapping(raw, key, "write a list of branch names or {refs: [...]}")
-        for field in body:
-            if field not in ("refs", "variables", "changes"):
-                self._unknown(field, f"{key}.{field}", {"kubernetes"})
+        self.check_keys(body, key, {"refs", "variables", "changes"}, {"kubernetes"})
         variables = tuple(self._expression(item, f"{key}.variables[{index}]") for index, item
                           in enumerate(self.list(body.get("variables", []), f"{key}.variables")))
         return RefFilter(

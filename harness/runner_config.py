@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping, NoReturn
 
-from harness.errors import InputError
+from harness.errors import InputError, unknown_key_fix
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,8 @@ SUPPORTED_EXECUTORS = ("docker",)
 PULL_POLICIES = ("always", "if-not-present", "never")
 DEFAULT_WAIT_FOR_SERVICES = 30  # GitLab Runner's DefaultWaitForServicesTimeout, seconds
 
-# Keys that GitLab Runner accepts but the harness does not apply. Their warning differs from a typo's.
+# Keys that GitLab Runner accepts but the harness does not apply: each one logs a warning. Any
+# other unknown key is an error.
 UNSUPPORTED_GLOBAL_KEYS = {"log_level", "log_format", "listen_address", "sentry_dsn",
                            "shutdown_timeout", "connection_max_age", "session_server"}
 UNSUPPORTED_RUNNER_KEYS = {
@@ -228,9 +229,10 @@ def load_runner_config(path: str | Path, runner_name: str | None = None) -> Runn
         runner_name: the ``name`` of the ``[[runners]]`` entry to select; the first when None.
 
     Raises:
-        InputError: the file is missing, is not TOML, has a wrong type, an unsupported executor,
-            or no runner called ``runner_name``. Unknown keys only produce warnings, which are
-            logged and kept in ``RunnerConfig.warnings``.
+        InputError: the file is missing, is not TOML, has an unknown key, a wrong type, an
+            unsupported executor, or no runner called ``runner_name``. Keys that GitLab Runner
+            accepts but the harness does not apply produce warnings, which are logged and kept in
+            ``RunnerConfig.warnings``.
     """
     file = str(path)
     try:
@@ -290,12 +292,14 @@ class _Reader:
 
     def check_keys(self, table: Mapping[str, Any], known: set[str], key: str,
                    unsupported: set[str]) -> None:
+        """Raise InputError on an unknown key; warn about each ``unsupported`` one."""
         for name in table:
             if name in known:
                 continue
             path = f"{key}.{name}" if key else name
-            problem = ("is not supported by the harness and is ignored" if name in unsupported
-                       else "unknown key, ignored; check its spelling")
+            if name not in unsupported:
+                self.fail(path, "unknown key", unknown_key_fix(name, known, unsupported))
+            problem = "is not supported by the harness and is ignored"
             log.warning("%s: %s: %s", self.file, path, problem)
             self.warnings.append(f"{self.file}: {path}: {problem}")
 
@@ -370,8 +374,8 @@ class _Reader:
         flags = {}
         for name, raw in table.items():
             if not name.startswith("FF_"):
-                self.check_keys({name: raw}, set(), key, set())
-                continue
+                self.fail(f"{key}.{name}", "unknown feature flag",
+                          f"feature flag names start with FF_, for example FF_{name}")
             flags[name] = self.value(raw, "boolean", f"{key}.{name}")
         return flags
 

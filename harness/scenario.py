@@ -45,7 +45,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from harness.errors import HarnessError, InputError
+from harness.errors import HarnessError, InputError, unknown_key_fix
 from harness.expectations import Expectation, parse_expectations
 from harness.project import git
 
@@ -226,8 +226,7 @@ def _read_toml(path: Path) -> dict:
 def _reject_unknown(path: Path, prefix: str, table: dict, known: set[str]) -> None:
     for key in table:
         if key not in known:
-            raise InputError(path, f"{prefix}{key}", "unknown key",
-                             f"use one of: {', '.join(sorted(known))}")
+            raise InputError(path, f"{prefix}{key}", "unknown key", unknown_key_fix(key, known))
 
 
 def _table(path: Path, data: dict, key: str, known: set[str]) -> dict:

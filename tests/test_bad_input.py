@@ -251,7 +251,10 @@ CASES = {
         SCENARIO, "colour", "unknown key", "use one of: expect, modes, name"),
     "scenario-unknown-mode-key": Case(
         replace_text(SCENARIO, 'runner_config = "config.dind.toml"', 'runner_conifg = "config.dind.toml"'),
-        SCENARIO, "modes.dind.runner_conifg", "unknown key", "use one of: differs, kind, pipeline, runner_config"),
+        SCENARIO, "modes.dind.runner_conifg", "unknown key", "did you mean `runner_config`?"),
+    "scenario-unknown-project-key": Case(
+        replace_text(SCENARIO, 'namespace = "devopsman"', 'namespace = "devopsman"\nbrnach = "main"'),
+        SCENARIO, "project.brnach", "unknown key", "did you mean `branch`?"),
     "scenario-path-dotdot": Case(
         chain(write_text("../outside.yml", "job: {script: [true]}\n"),
               replace_text(SCENARIO, 'pipeline = "project/.gitlab-ci.yml"', 'pipeline = "project/../../outside.yml"')),
@@ -306,6 +309,15 @@ CASES = {
     "pipeline-yaml-syntax": Case(
         replace_text(DIND_PIPELINE, "  stage: build\n", "  stage: build\n    when: [always\n"),
         DIND_PIPELINE, "line 20", "invalid YAML: mapping values are not allowed here", "fix the indentation"),
+    "pipeline-unknown-job-key": Case(
+        replace_text(DIND_PIPELINE, "  stage: build\n", "  stage: build\n  servics: [docker:dind]\n"),
+        DIND_PIPELINE, "BuildImages.servics", "unknown key", "did you mean `services`?"),
+    "pipeline-unknown-service-key": Case(
+        replace_text(DIND_PIPELINE, "  stage: build\n", "  stage: build\n  services: [{name: docker:dind, aliass: d}]\n"),
+        DIND_PIPELINE, "BuildImages.services[0].aliass", "unknown key", "did you mean `alias`?"),
+    "pipeline-misspelled-global": Case(
+        replace_text(DIND_PIPELINE, "stages:", "stagse:"),
+        DIND_PIPELINE, "stagse", "unknown top-level key", "did you mean `stages`?"),
     "pipeline-missing-stage": Case(
         replace_text(DIND_PIPELINE, "  stage: build\n", "  stage: publish\n"),
         DIND_PIPELINE, "BuildImages.stage", 'stage "publish" is not defined', 'add "publish" to stages:'),
@@ -343,6 +355,12 @@ CASES = {
     "config-missing-executor": Case(
         replace_text(DIND_CONFIG, '  executor = "docker"\n', ""),
         DIND_CONFIG, "runners[0].executor", "missing executor", 'set executor = "docker"'),
+    "config-unknown-key": Case(
+        replace_text(DIND_CONFIG, "privileged = true", "privilegd = true"),
+        DIND_CONFIG, "runners[0].docker.privilegd", "unknown key", "did you mean `privileged`?"),
+    "config-unknown-key-dood": Case(
+        replace_text(DOOD_CONFIG, 'image = "busybox"', 'image = "busybox"\n    volume = ["/cache"]'),
+        DOOD_CONFIG, "runners[0].docker.volume", "unknown key", "did you mean `volumes`?", mode="dood"),
     "config-wrong-type": Case(
         replace_text(DIND_CONFIG, "privileged = true", 'privileged = "yes"'),
         DIND_CONFIG, "runners[0].docker.privileged", "expected true or false, got a string", "write true or false"),

@@ -756,27 +756,79 @@ def test_custom_stages(space: Workspace) -> None:
 
 # Warnings.
 
-def test_unknown_and_ignored_keys_warn(space: Workspace, caplog) -> None:
+def test_ignored_keys_warn(space: Workspace, caplog) -> None:
     path = space.write("""
         cache: {paths: [x]}
+        default:
+          retry: 2
         job:
-          scirpt: [oops]
           script: [echo ok]
           artifacts: {paths: [out]}
-          services: [{name: x, aliass: y}]
+          services: [{name: x, kubernetes: {user: 1}}]
+          rules:
+            - if: $X
+              needs: [other]
         """)
 
     with caplog.at_level(logging.WARNING, logger="harness"):
         pipeline = load_pipeline(path)
 
+    # Catches a documented ignore turned into an error, or ignored without telling the user.
     assert pipeline.warnings == (
         f"{path}: cache: is not compiled by the harness and has no effect",
-        f"{path}: job.scirpt: unknown key; check its spelling",
+        f"{path}: default.retry: is not compiled by the harness and has no effect",
         f"{path}: job.artifacts: is not compiled by the harness and has no effect",
-        f"{path}: job.services[0].aliass: unknown key; check its spelling",
+        f"{path}: job.services[0].kubernetes: is not compiled by the harness and has no effect",
+        f"{path}: job.rules[0].needs: is not compiled by the harness and has no effect",
     )
     assert [record.getMessage() for record in caplog.records] == list(pipeline.warnings)
     assert all(record.levelno == logging.WARNING for record in caplog.records)
+
+
+# Unknown keys: an error at every level, with the closest known key as the fix.
+
+UNKNOWN_KEY_CASES = [
+    ("job: {scirpt: [oops], script: [x]}", "job.scirpt", "did you mean `script`?"),
+    ("job: {script: [x], servics: [docker:dind]}", "job.servics", "did you mean `services`?"),
+    ("job: {script: [x], artifcats: {paths: [a]}}", "job.artifcats", "did you mean `artifacts`?"),
+    ("job: {script: [x], colour: red}", "job.colour", "remove it or use one of: after_script, "),
+    ("job:\n  services: [{name: x, aliass: y}]\n  script: [x]\n", "job.services[0].aliass",
+     "did you mean `alias`?"),
+    ("job:\n  image: {name: x, entrypont: [\"\"]}\n  script: [x]\n", "job.image.entrypont",
+     "did you mean `entrypoint`?"),
+    ("job:\n  image: {name: x, docker: {platfrom: arm64}}\n  script: [x]\n", "job.image.docker.platfrom",
+     "did you mean `platform`?"),
+    ("variables:\n  V: {value: x, expnad: false}\njob: {script: [x]}", "variables.V.expnad",
+     "did you mean `expand`?"),
+    ("default:\n  imgae: x\njob: {script: [x]}", "default.imgae", "did you mean `image`?"),
+    ("workflow:\n  rulse: []\njob: {script: [x]}", "workflow.rulse", "did you mean `rules`?"),
+    ("job:\n  inherit: {defaults: false}\n  script: [x]\n", "job.inherit.defaults",
+     "did you mean `default`?"),
+    ("job:\n  rules: [{if: $X, whne: never}]\n  script: [x]\n", "job.rules[0].whne",
+     "did you mean `when`?"),
+    ("job:\n  rules: [{exists: {path: [a]}}]\n  script: [x]\n", "job.rules[0].exists.path",
+     "did you mean `paths`?"),
+    ("job:\n  only: {ref: [main]}\n  script: [x]\n", "job.only.ref", "did you mean `refs`?"),
+    ("stagse: [build]\njob: {script: [x]}", "stagse", "did you mean `stages`?"),
+    ("variabels: {A: b}\njob: {script: [x]}", "variabels", "did you mean `variables`?"),
+]
+
+
+@pytest.mark.parametrize(("text", "key", "fix"), UNKNOWN_KEY_CASES, ids=[case[1] for case in UNKNOWN_KEY_CASES])
+def test_unknown_key_rejected(space: Workspace, text: str, key: str, fix: str) -> None:
+    message = space.error(text)
+
+    # Catches an unknown key that is warned about or dropped, and a fix that does not name the key.
+    path = space.tmp_path / ".gitlab-ci.yml"
+    assert message.startswith(f"{path}: {key}: unknown "), message
+    assert f"; {fix}" in message, message
+
+
+def test_misspelled_global_with_script_is_job(space: Workspace) -> None:
+    # A mapping with script: is a job whatever its name, as in GitLab.
+    pipeline = load_pipeline(space.write("stagse: {script: [x]}"))
+
+    assert [job.name for job in pipeline.jobs] == ["stagse"]
 
 
 # Errors: one line with file, key path and fix.

@@ -166,28 +166,53 @@ def test_runner_selection_unknown_name(tmp_path: Path) -> None:
                                  "use one of: 'dind', 'dood'")
 
 
-def test_unknown_and_unsupported_keys_warn(tmp_path: Path, caplog) -> None:
-    text = MINIMAL + '    dns = ["127.0.0.1"]\n    privilegd = true\n  [runners.cache]\n    Type = "s3"\n'
+def test_unsupported_keys_warn(tmp_path: Path, caplog) -> None:
+    text = MINIMAL + '    dns = ["127.0.0.1"]\n  [runners.cache]\n    Type = "s3"\n'
     path = write(tmp_path, "log_level = \"debug\"\n" + text)
 
     with caplog.at_level(logging.WARNING, logger="harness.runner_config"):
         config = load_runner_config(path)
 
+    # Catches a key GitLab Runner knows, which the harness documents as ignored, turned into an error.
     assert config.warnings == (
         f"{path}: log_level: is not supported by the harness and is ignored",
         f"{path}: runners[0].cache: is not supported by the harness and is ignored",
         f"{path}: runners[0].docker.dns: is not supported by the harness and is ignored",
-        f"{path}: runners[0].docker.privilegd: unknown key, ignored; check its spelling",
     )
     assert [record.getMessage() for record in caplog.records] == list(config.warnings)
 
 
-def test_feature_flag_without_prefix_warns(tmp_path: Path) -> None:
-    config = load(tmp_path, MINIMAL + "  [runners.feature_flags]\n    NETWORK_PER_BUILD = true\n")
+UNKNOWN_KEYS = [
+    ('concurent = 2\n' + MINIMAL, "concurent", "did you mean `concurrent`?"),
+    (MINIMAL.replace('executor = "docker"', 'executor = "docker"\n  buidls_dir = "/b"'),
+     "runners[0].buidls_dir", "did you mean `builds_dir`?"),
+    (MINIMAL + '    privilegd = true\n', "runners[0].docker.privilegd", "did you mean `privileged`?"),
+    (MINIMAL + '    colour = "red"\n', "runners[0].docker.colour", "remove it or use one of: "),
+    (MINIMAL + '    [[runners.docker.services]]\n      name = "d"\n      aliass = "x"\n',
+     "runners[0].docker.services[0].aliass", "did you mean `alias`?"),
+]
 
-    assert config.runner.feature_flags == {}
-    assert config.warnings[0].endswith(
-        "runners[0].feature_flags.NETWORK_PER_BUILD: unknown key, ignored; check its spelling")
+
+@pytest.mark.parametrize(("text", "key", "fix"), UNKNOWN_KEYS, ids=[case[1] for case in UNKNOWN_KEYS])
+def test_unknown_key_rejected(tmp_path: Path, text: str, key: str, fix: str) -> None:
+    path = write(tmp_path, text)
+
+    with pytest.raises(InputError) as raised:
+        load_runner_config(path)
+
+    # Catches a misspelled key that is only warned about while its setting silently does nothing.
+    assert str(raised.value).startswith(f"{path}: {key}: unknown key; {fix}"), raised.value
+
+
+def test_feature_flag_without_prefix_rejected(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "  [runners.feature_flags]\n    NETWORK_PER_BUILD = true\n")
+
+    with pytest.raises(InputError) as raised:
+        load_runner_config(path)
+
+    # Catches a flag that is dropped because its name lacks the FF_ prefix.
+    assert str(raised.value) == (f"{path}: runners[0].feature_flags.NETWORK_PER_BUILD: unknown feature flag; "
+                                 "feature flag names start with FF_, for example FF_NETWORK_PER_BUILD")
 
 
 TYPE_ERRORS = [
