@@ -184,8 +184,8 @@ class Mirror(RegistryContainer):
             raise RegistryError(f"image {local} not found on the engine; build the stand-ins "
                                 "with `harness images build` first") from error
         target = f"{self.ip}/{repository}"
-        image.tag(target, tag)
         try:
+            image.tag(target, tag)
             self._push(target, tag)
         finally:
             _untag(self._client, f"{target}:{tag}")
@@ -194,12 +194,14 @@ class Mirror(RegistryContainer):
         return f"{repository}:{tag}"
 
     def _after_ready(self) -> None:
+        # Each file and trust is recorded before it is written, so stop() also removes it when an
+        # interrupt lands in between.
         path = session_dir() / f"{self.name}.daemon.json"
-        path.write_text(json.dumps(self.daemon_json(), indent=2) + "\n")
         self._wiring_paths.append(path)
+        path.write_text(json.dumps(self.daemon_json(), indent=2) + "\n")
         trust = HostTrust(self.ip, self._authority().cert_pem, [self.ip], self.name)
-        trust.install()
         self._host_trusts.append(trust)
+        trust.install()
         for reference, local in self._preload_list().items():
             self.add_image(reference, local)
 

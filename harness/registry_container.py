@@ -71,11 +71,18 @@ class RegistryContainer:
         self.volume = None
         self.ip = ""
         self.name = f"{labels.PREFIX}-{labels.session_id()}-{self.role}-{secrets.token_hex(3)}"
+        # Set before the first engine call that creates something, so stop() looks for it by name.
+        self._creating = False
 
     def with_network(self, network: str) -> Self:
         """Run the container on ``network`` instead of the default bridge."""
         self._network = network
         return self
+
+    @property
+    def storage_volume_name(self) -> str:
+        """The name of the labelled volume that stores the registry's images."""
+        return f"{self.name}-storage"
 
     @property
     def hostnames(self) -> list[str]:
@@ -157,14 +164,19 @@ class RegistryContainer:
                 directory.rmdir()
 
     def _remove_container(self) -> None:
-        if self.container is not None:
-            _ignore_missing(self.container.remove, force=True, v=True)
-            log.info("removed %s %s", self.role, self.name)
-            self.container = None
+        """Remove the container and the storage volume by name.
+
+        By name, because a Ctrl-C can land after the engine created one of them and before
+        ``self.container`` or ``self.volume`` was assigned.
+        """
+        if self._creating:
+            if _ignore_missing(self._client.api.remove_container, self.name, force=True, v=True):
+                log.info("removed %s %s", self.role, self.name)
+            _ignore_missing(self._client.api.remove_volume, self.storage_volume_name, force=True)
+            self._creating = False
+        self.container = None
+        self.volume = None
         self.ip = ""
-        if self.volume is not None:
-            _ignore_missing(self.volume.remove, force=True)
-            self.volume = None
 
     def logs(self, tail: int = 30) -> str:
         """Return the last ``tail`` lines of the registry's log, or "" before start."""
@@ -260,7 +272,8 @@ class RegistryContainer:
             raise RegistryError(f"image {self._image} not found on the engine; build the stand-ins "
                                 "with `harness images build` first") from error
         container_labels = labels.managed_labels("registry", registry_role=self.role)
-        self.volume = self._client.volumes.create(name=f"{self.name}-storage", labels=container_labels)
+        self._creating = True
+        self.volume = self._client.volumes.create(name=self.storage_volume_name, labels=container_labels)
         self.container = self._client.containers.create(
             self._image, name=self.name, labels=container_labels, detach=True,
             volumes={self.volume.name: {"bind": STORAGE_PATH, "mode": "rw"}},
@@ -325,10 +338,11 @@ class RegistryContainer:
             if directory.exists() and not self._may_share(directory, ca_pem):
                 raise RegistryError(f"another registry of session {labels.session_id()} already uses "
                                     f"hostname {name}; give each registry its own hostnames")
+            # Recorded before it exists, so an interrupt in between leaves nothing stop() misses.
+            self._wiring_paths.append(directory)
             directory.mkdir(parents=True, exist_ok=True)
             (directory / "ca.crt").write_bytes(ca_pem)
             (directory / f"{self.name}{OWNER_SUFFIX}").touch()
-            self._wiring_paths.append(directory)
 
     def _may_share(self, directory: Path, ca_pem: bytes) -> bool:
         """Return whether this registry may use the existing trust directory of another one.
@@ -354,8 +368,11 @@ def _tar(files: list[tuple[str, bytes]]) -> bytes:
     return buffer.getvalue()
 
 
-def _ignore_missing(call, *args, **kwargs) -> None:
+def _ignore_missing(call, *args, **kwargs) -> bool:
+    """Call ``call``; return False instead of raising when the engine reports the object missing."""
     try:
         call(*args, **kwargs)
     except docker.errors.NotFound:
         log.debug("already gone: %s %s", getattr(call, "__qualname__", call), args)
+        return False
+    return True

@@ -19,6 +19,9 @@ from harness import labels
 from harness.errors import RegistryError
 from harness.registry import Mirror, Registry, hub_repository, session_dir, validate_hostname
 from harness.registry_trust import (
+    HOST_CERTS_DIR,
+    HOSTS_FILE,
+    MARKER_FILE,
     CertificateAuthority,
     HostTrust,
     Wiring,
@@ -390,3 +393,95 @@ def _ignore_image(client: docker.DockerClient, reference: str) -> None:
         client.images.remove(reference)
     except docker.errors.ImageNotFound:
         pass
+
+
+# Ctrl-C during start: the interrupt lands after each engine call in turn.
+
+
+class _InterruptAfterCall:
+    """Wraps the low-level API methods of one client; raises KeyboardInterrupt after step ``at``.
+
+    A step is a run of calls of one method (wait_ready repeats inspect_container), named by the
+    method and how many runs of it came before, so the steps do not shift when a start needs
+    fewer polls. The interrupt comes right after the step's first call has run on the real
+    engine: the resource it created exists while its handle was never returned, the worst
+    moment for a Ctrl-C.
+    """
+
+    METHODS = ("inspect_image", "create_volume", "create_container", "start", "inspect_container",
+               "put_archive", "tag", "push", "remove_image")
+
+    def __init__(self, client: docker.DockerClient, monkeypatch, at: tuple[str, int] | None) -> None:
+        self.steps: list[tuple[str, int]] = []
+        self.tags: list[str] = []
+        self.at = at
+        self._last = ""
+        for name in self.METHODS:
+            monkeypatch.setattr(client.api, name, self._wrap(name, getattr(client.api, name)))
+
+    def _wrap(self, name, method):
+        def call(*args, **kwargs):
+            if name == "tag":
+                self.tags.append(f"{args[1]}:{kwargs.get('tag') or args[2]}")
+            result = method(*args, **kwargs)
+            if name != self._last:
+                self.steps.append((name, sum(step[0] == name for step in self.steps)))
+                self._last = name
+                if self.steps[-1] == self.at:
+                    raise KeyboardInterrupt(f"injected after {name} run {self.at[1]}")
+            return result
+        return call
+
+
+def _host_trust_of(owner: str) -> list[str]:
+    """Return /etc/hosts lines and certs.d entries whose harness marker names ``owner``."""
+    found = [line for line in HOSTS_FILE.read_text().splitlines() if owner in line]
+    if HOST_CERTS_DIR.is_dir():
+        found += [str(marker) for marker in HOST_CERTS_DIR.glob(f"*/{MARKER_FILE}") if owner in marker.read_text()]
+    return found
+
+
+@pytest.mark.registry
+@pytest.mark.parametrize("role", ["registry", "mirror"])
+def test_interrupted_start_leaves_nothing(role, monkeypatch):
+    def build(client):
+        if role == "mirror":
+            return Mirror(client).with_images([BUSYBOX_IMAGE])
+        return Registry(client).with_hostnames(["interrupt.harness.invalid"])
+
+    # A client of its own, because the wrappers must not reach the session's shared client.
+    client = docker.from_env(timeout=60)
+    try:
+        recorder = _InterruptAfterCall(client, monkeypatch, at=None)
+        build(client).start().stop()
+        monkeypatch.undo()
+        # The steps the interrupt must cover; catches a test that no longer reaches the engine.
+        names = {name for name, _ in recorder.steps}
+        assert {"create_volume", "create_container", "start", "put_archive"} <= names
+        if role == "mirror":
+            assert {"tag", "push", "remove_image"} <= names
+
+        for step in recorder.steps:
+            injector = _InterruptAfterCall(client, monkeypatch, at=step)
+            registry = build(client)
+            try:
+                registry.start()
+            except KeyboardInterrupt:
+                interrupted = True
+            else:
+                interrupted = False
+                registry.stop()
+            monkeypatch.undo()
+            # Only a readiness poll may be skipped, when /v2/ answered at the first try.
+            assert interrupted or step[0] == "inspect_container", f"{step} was not reached: {injector.steps}"
+
+            # Catches a resource created before the interrupt whose handle was never stored
+            # (the storage volume after create_volume, the container after create_container),
+            # the mirror's push tag after tag, and wiring files or host trust written before it.
+            assert _registry_resources(client, registry.name) == [], step
+            assert [tag for tag in injector.tags if client.images.list(name=tag.rsplit(":", 1)[0])] == [], step
+            assert [str(path) for path in session_dir().glob(f"{registry.name}*")] == [], step
+            assert not (session_dir() / "certs.d" / "interrupt.harness.invalid").exists(), step
+            assert _host_trust_of(registry.name) == [], step
+    finally:
+        client.close()
