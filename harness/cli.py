@@ -129,7 +129,7 @@ def _matrix(args: argparse.Namespace) -> int:
     log.info("matrix of %s: %d cells", loaded.name, len(cells))
     matrix.ensure_cell_images(client, cells)
 
-    results = matrix.run_matrix(client, loaded, cells, args.parallel, tuple(args.job))
+    results = matrix.run_matrix(client, loaded, cells, args.parallel, tuple(args.job), args.host_engine)
     print(matrix_report.render_grid(results))
     matrix_report.write_junit(results, Path(args.junit), suite=f"matrix-{loaded.name}")
     print(f"JUnit XML: {args.junit}")
@@ -244,10 +244,15 @@ def _pod(args: argparse.Namespace) -> int:
     from harness.kubernetes_spec import load_pod
 
     spec = load_pod(args.file)
-    with PodRun(engine.require_engine(), spec, backoff_scale=args.backoff_scale) as run:
-        log.info("pod %s runs for %d s before the harness reads its daemons and deletes it", spec.name, args.seconds)
-        time.sleep(args.seconds)
-        run.observe()
+    client = engine.require_engine()
+    host = _open_host(client, args.host_engine)
+    try:
+        with PodRun(client, spec, backoff_scale=args.backoff_scale, host=host) as run:
+            log.info("pod %s runs for %d s before the harness reads its daemons and deletes it", spec.name, args.seconds)
+            time.sleep(args.seconds)
+            run.observe()
+    finally:
+        host.close()
     result = run.result()
     print(result.render())
     healthy = all(row["state"] == "running" or (row["state"] == "terminated" and row["exit_codes"][-1:] == [0])
@@ -295,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
                                help="where to write the JUnit XML, one case per cell (default: matrix-junit.xml)")
     matrix_parser.add_argument("--job", action="append", default=[], metavar="NAME",
                                help="run only this job in every cell (repeatable)")
+    _add_host_argument(matrix_parser)
     matrix_parser.set_defaults(handler=_matrix)
 
     nightly_parser = commands.add_parser(
@@ -325,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="how long the pod runs before its daemons are read and it is deleted (default 30)")
     pod_parser.add_argument("--backoff-scale", type=float, default=1.0,
                             help="factor on the kubelet's restart back-off of 10 s doubling to 300 s (default 1.0)")
+    _add_host_argument(pod_parser)
     pod_parser.set_defaults(handler=_pod)
 
     clean_parser = commands.add_parser("clean", help="remove what dead harness sessions left on the engine")

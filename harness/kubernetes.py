@@ -1,12 +1,13 @@
 """Pods run on the Docker engine the way a kubelet lays them out.
 
-No cluster exists here, so :class:`Pod` emulates the kubelet's part on one node (the engine):
+No cluster exists here, so :class:`Pod` emulates the kubelet's part on one node, a host engine
+(:class:`harness.kubernetes_node.Node`: the session's sandbox engine or the real one):
 
 - a pause container (``dind-dood-harness/pause``) owns the pod's network and IPC namespaces, its
   hostname and its ``/etc/hosts`` (``hostAliases``); every container joins it with
   ``--network container:<pause> --ipc container:<pause>``, so containers reach each other on
   ``localhost``;
-- ``hostPath`` volumes are binds from the engine's filesystem, ``emptyDir`` volumes are labelled
+- ``hostPath`` volumes are binds from the node's filesystem, ``emptyDir`` volumes are labelled
   Docker volumes removed with the pod;
 - containers start in manifest order without waiting for each other; a supervisor thread restarts
   exited containers by ``restartPolicy`` with the kubelet's back-off (10 s, doubled per restart,
@@ -20,18 +21,16 @@ a kubelet creates a new one, so ``docker logs`` keeps the output of every attemp
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import docker
 import docker.errors
 import requests.exceptions
 
 from harness import labels
-from harness.kubernetes_node import prepare_host_path
+from harness.kubernetes_node import Node, local_node, prepare_host_path
 from harness.kubernetes_spec import Container, PodSpec
 
 log = logging.getLogger(__name__)
@@ -64,24 +63,26 @@ class Pod:
     """One pod on the engine; use as a context manager so everything is removed also on failure.
 
     Args:
-        client: docker-py client of the node's engine; the pod opens its own connection to the same
-            engine (``DOCKER_HOST`` or the default socket) with a longer request timeout.
+        client: docker-py client of the real engine, the node when ``node`` is None.
         spec: the checked manifest (:func:`harness.kubernetes_spec.load_pod`).
         backoff_scale: factor on the kubelet's restart back-off; tests use 0.1 (1 s, 2 s, 4 s ...).
         extra_binds: ``host:container[:ro]`` binds added to every container, as a node admin's
             registry trust (``certs.d``, ``daemon.json``) would be.
+        node: the node to run on, such as the session's sandbox host. The pod opens its own
+            connection to the node's engine with a longer request timeout.
     """
 
     def __init__(self, client: docker.DockerClient, spec: PodSpec, backoff_scale: float = 1.0,
-                 extra_binds: tuple[str, ...] = ()) -> None:
-        self.client = docker.from_env(timeout=API_TIMEOUT)
+                 extra_binds: tuple[str, ...] = (), node: Node | None = None) -> None:
+        self.node = node or local_node(client)
+        self.client = self.node.connect(API_TIMEOUT)
         self.spec = spec
         self.backoff_scale = backoff_scale
         self.extra_binds = extra_binds
         self.pause = None
         self.statuses = {container.name: ContainerStatus(container.name) for container in spec.containers}
         self._volumes: dict[str, str] = {}
-        self._created_paths: list[Path] = []
+        self._created_paths: list[str] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -133,7 +134,7 @@ class Pod:
                                                      labels=self._labels("emptyDir"))
                 self._volumes[volume.name] = created.name
                 continue
-            made = prepare_host_path(volume, self.spec.source, index)
+            made = prepare_host_path(self.node, volume, self.spec.source, index)
             if made is not None:
                 self._created_paths.append(made)
             self._volumes[volume.name] = volume.path
@@ -259,7 +260,7 @@ class Pod:
             except docker.errors.NotFound:
                 pass
         for path in self._created_paths:
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            self.node.remove_path(path)
         log.info("pod %s: deleted", self.spec.name)
         self.client.close()
 

@@ -28,8 +28,8 @@ import docker
 
 from harness.executor import naming
 from harness.executor.script import export_lines, user_script_body, wrap
-from harness.kubernetes import API_TIMEOUT, Pod
-from harness.kubernetes_node import snapshot_node
+from harness.kubernetes import API_TIMEOUT, PAUSE_IMAGE, Pod
+from harness.kubernetes_node import Node, local_node, snapshot_node
 from harness.kubernetes_spec import Container, Mount, PodSpec, Volume
 from harness.placement import Snapshot, snapshot_dind
 from harness.registry_trust import Wiring
@@ -67,6 +67,8 @@ class KubernetesExecutor:
         write_host_aliases: False reproduces runners that did not write service aliases.
         empty_dirs: ``(name, mount path)`` of ``[[runners.kubernetes.volumes.empty_dir]]``, mounted
             in every container of the pod, such as ``/certs/client`` shared with a dind service.
+        node: the node the pods run on, such as the session's sandbox host; None is the real
+            engine behind ``client``.
     """
 
     client: docker.DockerClient
@@ -75,10 +77,12 @@ class KubernetesExecutor:
     write_host_aliases: bool = True
     helper_image: str = HELPER_IMAGE
     empty_dirs: tuple[tuple[str, str], ...] = ()
+    node: Node | None = None
 
     def __post_init__(self) -> None:
-        # The same engine with the pod runner's longer request timeout, for snapshots under load.
-        self.client = docker.from_env(timeout=API_TIMEOUT)
+        self.node = self.node or local_node(self.client)
+        # The node's engine with the pod runner's longer request timeout, for snapshots under load.
+        self.client = self.node.connect(API_TIMEOUT)
 
     def pod_spec(self, payload: dict) -> tuple[PodSpec, str]:
         """Return the job's pod and the project directory inside it."""
@@ -127,7 +131,8 @@ class KubernetesExecutor:
         name = payload["job_info"]["name"]
         secrets_ = masked_values(payload["variables"])
         started = time.monotonic()
-        with Pod(self.client, spec) as pod:
+        self.node.seed(list(dict.fromkeys([PAUSE_IMAGE, *(container.image for container in spec.containers)])))
+        with Pod(self.client, spec, node=self.node) as pod:
             pod.wait_for(lambda: all(s.state == "running" for s in pod.statuses.values()), 30, "all containers running")
             waited = self._wait_for_services(pod, spec)
             _copy_sources(pod, sources, project_dir)

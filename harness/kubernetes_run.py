@@ -1,10 +1,11 @@
 """One pod run with placement: the node's engine and each dind sidecar's daemon, read before deletion.
 
-The node is the engine the harness drives (daemon ``host`` in the placement). A privileged
-container is taken to be a dind sidecar, and its daemon is read through ``docker exec`` as
-``dind:<container>``. Because nothing can be pulled from Docker Hub here, such a pod gets the
-harness's pull mirror as a node admin would wire it: ``hostAliases`` for the mirror's names, and
-``certs.d`` and ``daemon.json`` as binds.
+The node is a host engine (daemon ``host`` in the placement): by default the session's sandbox
+engine, or the real engine with ``--host-engine=local``. A privileged container is taken to be a
+dind sidecar, and its daemon is read through ``docker exec`` as ``dind:<container>``. Because
+nothing can be pulled from Docker Hub here, such a pod gets the harness's pull mirror as a node
+admin would wire it: ``hostAliases`` for the mirror's names, and ``certs.d`` and ``daemon.json``
+as binds. A sandbox node pulls the pod's images through the same mirror before the pod starts.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import docker
 import docker.errors
 
 from harness import labels
-from harness.kubernetes import API_TIMEOUT, Pod
-from harness.kubernetes_node import SocketProbe, probe_pod_sockets, snapshot_node
+from harness.host import HostEngine
+from harness.kubernetes import API_TIMEOUT, PAUSE_IMAGE, Pod
+from harness.kubernetes_node import Node, SocketProbe, probe_pod_sockets, snapshot_node
 from harness.kubernetes_spec import PodSpec
 from harness.placement import ContainerRecord, Placement, Snapshot, snapshot_dind
-from harness.registry import Mirror
+from harness.registry import Mirror, shared_mirror
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +61,22 @@ class PodRun:
     """A pod with its placement observation; a context manager that always deletes the pod.
 
     Args:
-        client: docker-py client of the node's engine.
+        client: docker-py client of the real engine, the node when ``host`` is None.
         spec: the checked pod manifest.
         backoff_scale: factor on the kubelet's restart back-off (1.0 is the kubelet's timing).
+        host: the host engine that is the node, such as the session's sandbox.
     """
 
-    def __init__(self, client: docker.DockerClient, spec: PodSpec, backoff_scale: float = 1.0) -> None:
-        # Snapshots list every container; on a loaded engine that exceeds the harness client's 5 s.
-        self.client = docker.from_env(timeout=API_TIMEOUT)
+    def __init__(self, client: docker.DockerClient, spec: PodSpec, backoff_scale: float = 1.0,
+                 host: HostEngine | None = None) -> None:
+        self.node = Node(host or HostEngine.local(client))
+        # Snapshots list every container; on a loaded engine that exceeds a 5 s request timeout.
+        self.client = self.node.connect(API_TIMEOUT)
         self.spec = spec
         self.backoff_scale = backoff_scale
         self.mirror: Mirror | None = None
+        # Whether close() stops the mirror; a sandbox node's mirror belongs to its host.
+        self._owns_mirror = False
         self.pod: Pod | None = None
         self.snapshots: list[Snapshot] = []
         self.baseline: Snapshot | None = None
@@ -93,17 +100,31 @@ class PodRun:
         self.close()
 
     def _start(self) -> None:
-        self.socket_probes = probe_pod_sockets(self.spec)
+        self.socket_probes = probe_pod_sockets(self.node, self.spec)
+        if self.node.sandbox is not None:
+            self._seed_sandbox()
         self.baseline = snapshot_node(self.client, "before the pod")
         spec, binds = self.spec, ()
         if self.sidecars:
-            self.mirror = Mirror(self.client).with_images(
-                [image for image in MIRROR_IMAGES if _exists(self.client, image)]).start()
+            if self.mirror is None:
+                self._owns_mirror = True
+                self.mirror = Mirror(self.client).with_images(self._mirror_images()).start()
             wiring = self.mirror.wiring()
             aliases = tuple(tuple(entry.split(":", 1)) for entry in wiring.extra_hosts)
             spec = dataclasses.replace(spec, host_aliases=spec.host_aliases + aliases)
             binds = wiring.volumes
-        self.pod = Pod(self.client, spec, self.backoff_scale, extra_binds=binds).start()
+        self.pod = Pod(self.client, spec, self.backoff_scale, extra_binds=binds, node=self.node).start()
+
+    def _seed_sandbox(self) -> None:
+        """Push the images pods pull to the host's mirror, and pull the pod's images into the sandbox."""
+        host = self.node.host
+        self.mirror = shared_mirror(host.real_client, host.network, self._mirror_images())
+        images = [PAUSE_IMAGE, *(container.image for container in self.spec.containers)]
+        self.node.seed(list(dict.fromkeys(images)))
+
+    def _mirror_images(self) -> list[str]:
+        """Return the images a pod's commands may pull that exist on the real engine."""
+        return [image for image in MIRROR_IMAGES if _exists(self.node.host.real_client, image)]
 
     def observe(self, when: str = "before deletion") -> None:
         """Read the node's engine and every running dind sidecar's daemon."""
@@ -132,7 +153,7 @@ class PodRun:
                 self.node_leftovers = self._leftovers(after)
                 for record in self.node_leftovers:
                     _remove(self.client, record.id)
-        if self.mirror is not None:
+        if self.mirror is not None and self._owns_mirror:
             self.mirror.stop()
         self.client.close()
 

@@ -210,8 +210,8 @@ def run_scenario(scenario_runs, request):
 
 
 @pytest.fixture
-def run_cell(engine_client, request):
-    """Run a scenario's mode as one matrix cell: ``run_cell("seed", "dind") -> CellResult``.
+def run_cell(engine_client, host_engine, request):
+    """Run a scenario's mode as one matrix cell on the session's host: ``run_cell("seed", "dind") -> CellResult``.
 
     The engine line and runner version are the test's ``dind_version`` and ``runner_compat``
     parameters (from ``--dind-version`` and ``--runner-compat``); their images are built first.
@@ -230,7 +230,7 @@ def run_cell(engine_client, request):
         loaded = load_scenario(scenario)
         cell = matrix.Cell(loaded.name, mode, line, version)
         matrix.ensure_cell_images(engine_client, [cell])
-        return matrix.run_cell(engine_client, loaded, cell, jobs)
+        return matrix.run_cell(engine_client, loaded, cell, jobs, host_engine)
 
     return run
 
@@ -275,11 +275,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 @pytest.fixture
-def run_pod(engine_client):
+def run_pod(engine_client, host_engine):
     """A callable ``run_pod(manifest, backoff_scale=1.0) -> PodRun`` that starts a Pod manifest.
 
-    Each pod, its emptyDir volumes, the pull mirror of a dind pod and what a DooD pod left on the
-    node are removed at teardown, also when the test fails. Example::
+    The node is the session's host engine (``--host-engine``). Each pod, its emptyDir volumes,
+    the pull mirror of a dind pod and what a DooD pod left on the node are removed at teardown,
+    also when the test fails. Example::
 
         def test_dind_pod(run_pod):
             run = run_pod("scenarios/k8s-dind/pod.yaml", backoff_scale=0.1)
@@ -293,7 +294,7 @@ def run_pod(engine_client):
     runs = []
 
     def start(manifest, backoff_scale: float = 1.0):
-        run = PodRun(engine_client, load_pod(manifest), backoff_scale).__enter__()
+        run = PodRun(engine_client, load_pod(manifest), backoff_scale, host=host_engine).__enter__()
         runs.append(run)
         return run
 

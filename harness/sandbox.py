@@ -31,7 +31,7 @@ import docker
 import docker.errors
 
 from harness import labels
-from harness.engine import API_TIMEOUT_SECONDS, state_dir
+from harness.engine import API_TIMEOUT_SECONDS, local_dns_address, offline_guard_enabled, state_dir
 from harness.errors import EngineError
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,7 @@ class SandboxEngine:
         self._shared: dict[str, bool] = {}
         self._mirror = None
         self._network: str | None = None
+        self._creating = False
 
     def with_shared_path(self, path: str | Path, read_only: bool = False) -> Self:
         """Bind ``path`` of the real host into the sandbox at the same path."""
@@ -189,13 +190,15 @@ class SandboxEngine:
         if self._client is not None:
             self._client.close()
             self._client = None
-        if self.container is not None:
-            _ignore_missing(lambda: self.container.remove(force=True, v=True))
+        # By name, because a Ctrl-C can land after the engine created the container or the volume
+        # and before self.container or self.volume was assigned.
+        if self._creating:
+            _ignore_missing(lambda: self.real_client.api.remove_container(self.name, force=True, v=True))
+            _ignore_missing(lambda: self.real_client.api.remove_volume(f"{self.name}-data", force=True))
             log.info("sandbox engine %s removed", self.name)
-            self.container = None
-        if self.volume is not None:
-            _ignore_missing(self.volume.remove)
-            self.volume = None
+            self._creating = False
+        self.container = None
+        self.volume = None
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def __enter__(self) -> Self:
@@ -213,6 +216,7 @@ class SandboxEngine:
         (self.directory / "daemon.json").write_text(json.dumps(self._daemon_settings(), indent=2) + "\n")
 
         sandbox_labels = labels.managed_labels(self.role)
+        self._creating = True
         self.volume = self.real_client.volumes.create(f"{self.name}-data", labels=sandbox_labels)
         volumes = {
             self.volume.name: {"bind": "/var/lib/docker", "mode": "rw"},
@@ -236,6 +240,12 @@ class SandboxEngine:
     def _daemon_settings(self) -> dict:
         settings: dict = {"bip": BRIDGE_IP, "default-address-pools": [ADDRESS_POOL],
                           "storage-driver": "overlay2"}
+        # The sandbox's resolv.conf names Docker's embedded DNS on 127.0.0.11, which dockerd drops
+        # for containers on its bridge and replaces by 8.8.8.8 and 8.8.4.4. The real engine's
+        # guard address keeps their lookups on this machine instead.
+        dns = local_dns_address() if offline_guard_enabled() else None
+        if dns:
+            settings["dns"] = [dns]
         if self._mirror is not None:
             settings["registry-mirrors"] = [self._mirror.url]
         return settings

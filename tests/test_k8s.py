@@ -51,11 +51,11 @@ def _port_open(host: str, port: int) -> bool:
         return False
 
 
-def _node_serves_httpd() -> bool:
+def _node_serves_httpd(address: str) -> bool:
     # docker-proxy accepts on the node's port before httpd listens in the container, and then
     # resets the connection; only a full response shows the DooD container is serving.
     try:
-        with urllib.request.urlopen("http://127.0.0.1:80/", timeout=5) as response:
+        with urllib.request.urlopen(f"http://{address}:80/", timeout=5) as response:
             return "It works!" in response.read().decode()
     except (OSError, http.client.HTTPException):
         return False
@@ -187,14 +187,14 @@ def test_host_path_type_checked(engine_client, tmp_path):
 # The seed's pods.
 
 @pytest.fixture(scope="module")
-def dind_pod(engine_client):
+def dind_pod(engine_client, host_engine):
     """Run the seed's DinD pod until httpd answers inside it; yield facts read before and after deletion."""
     spec = load_pod(SCENARIOS / "k8s-dind" / "pod.yaml")
     facts = {}
-    with PodRun(engine_client, spec, BACKOFF_SCALE) as run:
+    with PodRun(engine_client, spec, BACKOFF_SCALE, host=host_engine) as run:
         run.pod.wait_for(lambda: _httpd_answers(run.pod), 90, "httpd answering in the pod")
         facts["from_docker_cmds"] = run.pod.exec("docker-cmds", ["bash", "-c", HTTP_GET_LOCALHOST])
-        facts["node_port_80"] = _port_open("127.0.0.1", 80)
+        facts["node_port_80"] = _port_open(run.node.address, 80)
         facts["pod_ids"] = [status.id for status in run.pod.statuses.values()] + [run.pod.pause.id]
         facts["volumes"] = list(run.pod._volumes.values())
         run.observe()
@@ -236,27 +236,38 @@ def test_dind_pod_port_80_stays_in_pod(dind_pod):
 
 
 @pytest.mark.engine
-def test_dind_pod_gone_with_pod(dind_pod, engine_client):
+def test_dind_pod_gone_with_pod(dind_pod, host_engine):
     for container_id in dind_pod["pod_ids"]:
         with pytest.raises(docker.errors.NotFound):
-            engine_client.containers.get(container_id)
+            host_engine.client.containers.get(container_id)
     # Catches an emptyDir graph storage (and the sidecar's images) that outlives the pod.
     for volume in dind_pod["volumes"]:
         with pytest.raises(docker.errors.NotFound):
-            engine_client.volumes.get(volume)
+            host_engine.client.volumes.get(volume)
     assert dind_pod["after_delete"].node_leftovers == []
 
 
 @pytest.mark.engine
-def test_dood_pod_lands_on_node(engine_client):
+def test_dood_pod_lands_on_node(engine_client, host_engine):
     spec = load_pod(SCENARIOS / "k8s-dood" / "pod.yaml")
-    with PodRun(engine_client, spec, BACKOFF_SCALE) as run:
+    with PodRun(engine_client, spec, BACKOFF_SCALE, host=host_engine) as run:
         assert [probe.docker_api for probe in run.socket_probes] == [True]
+        address = run.node.address
         # Catches a client that did not reach the node's engine through the hostPath socket:
         # wait_for raises when the node's port 80 never serves httpd's page.
-        run.pod.wait_for(_node_serves_httpd, 60, "httpd served on the node's port 80")
+        run.pod.wait_for(lambda: _node_serves_httpd(address), 60, "httpd served on the node's port 80")
         run.observe()
+        node_ids = {status.id for status in run.pod.statuses.values()}
+        node_ids |= {c.id for c in run.snapshots[-1].containers if c.image == "httpd:latest"}
+        # The summaries only: inspecting each container races with other sessions' removals.
+        real_ids = {summary["Id"] for summary in engine_client.api.containers(all=True)}
     result = run.result()
+
+    if host_engine.sandbox is not None:
+        # Catches a pod whose containers or DooD socket reached the real engine: the pod, and the
+        # httpd container its docker client created, exist only on the sandbox.
+        assert address != "127.0.0.1"
+        assert node_ids - {""} and not real_ids & node_ids, result.render()
 
     result.placement.image("httpd:latest").not_in("dind")
     # Catches a DooD container removed with the pod: the node's engine owns it.
@@ -272,13 +283,13 @@ def test_dood_pod_lands_on_node(engine_client):
     # The harness removes the survivor at teardown; it must be gone now.
     for leftover in result.node_leftovers:
         with pytest.raises(docker.errors.NotFound):
-            engine_client.containers.get(leftover.id)
+            host_engine.client.containers.get(leftover.id)
 
 
 @pytest.mark.engine
-def test_d20_node_without_docker_api(engine_client):
+def test_d20_node_without_docker_api(engine_client, host_engine):
     spec = load_pod(SCENARIOS / "k8s-d20-no-docker-socket" / "pod.yaml")
-    with PodRun(engine_client, spec, BACKOFF_SCALE) as run:
+    with PodRun(engine_client, spec, BACKOFF_SCALE, host=host_engine) as run:
         run.pod.wait_for(lambda: run.pod.statuses["docker-cmds"].restarts >= 1, 20, "a restart")
         logs = run.pod.logs("docker-cmds")
     [probe] = run.socket_probes
@@ -287,7 +298,7 @@ def test_d20_node_without_docker_api(engine_client):
     assert "the node has no Docker API at /tmp/dind-dood-harness-k8s-d20/var/run/docker.sock" in probe.describe()
     assert "Cannot connect to the Docker daemon at unix:///var/run/docker.sock" in logs
     # Catches a DirectoryOrCreate path the pod created but left on the node.
-    assert not Path("/tmp/dind-dood-harness-k8s-d20/var/run").exists()
+    assert run.node.path_kind("/tmp/dind-dood-harness-k8s-d20/var/run") == "missing"
 
 
 def test_probe_on_non_docker_socket(tmp_path):
@@ -315,12 +326,13 @@ def test_run_pod_fixture_starts_manifest(run_pod):
 @pytest.mark.engine
 def test_cli_pod_run_prints_restarts(engine_client):
     # A separate process with its own session id, because the command removes its session's
-    # resources when it exits.
+    # resources when it exits. It starts its own sandbox and mirror, which took 75 s on a shared
+    # 2-core machine; the timeout leaves room for a busier engine.
     environment = {**os.environ, "HARNESS_SESSION_ID": secrets.token_hex(4)}
     manifest = SCENARIOS / "k8s-d20-no-docker-socket" / "pod.yaml"
     process = subprocess.run([sys.executable, "-m", "harness.cli", "pod", "run", str(manifest), "--seconds", "4",
                               "--backoff-scale", str(BACKOFF_SCALE)],
-                             env=environment, capture_output=True, text=True, timeout=120)
+                             env=environment, capture_output=True, text=True, timeout=300)
     # Catches a command that hides the crash loop or reports a node without Docker API as healthy.
     assert process.returncode == 1, process.stderr
     assert "RESTARTS" in process.stdout

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness.kubernetes_executor import KubernetesExecutor
+from harness.kubernetes_node import Node
 from harness.kubernetes_pipeline import run_folder_pipeline, run_pipeline_in_pods
 from harness.scenario import load_scenario
 from harness.variables import Variable
@@ -25,10 +26,10 @@ def _printed(trace: str, line: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def seed_in_pods(engine_client):
+def seed_in_pods(engine_client, host_engine):
     """The seed's DinD pipeline in job pods; HEALTHCHECK_TCP_PORT makes the runner wait for dind."""
     return run_pipeline_in_pods(engine_client, load_scenario("seed"), "dind",
-                                (Variable("HEALTHCHECK_TCP_PORT", "2375"),))
+                                (Variable("HEALTHCHECK_TCP_PORT", "2375"),), host=host_engine)
 
 
 def test_seed_jobs_succeed_in_pods(seed_in_pods):
@@ -54,16 +55,17 @@ def test_seed_registry_holds_tag(seed_in_pods):
     assert seed_in_pods.registry_tags.get("devopsman/marionxue-ops") == ["nodedemo"]
 
 
-def test_alias_and_localhost_reach_dind(engine_client):
-    [job] = run_folder_pipeline(engine_client, SCENARIOS / "k8s-d04-service-alias", KubernetesExecutor(engine_client))
+def test_alias_and_localhost_reach_dind(engine_client, host_engine):
+    executor = KubernetesExecutor(engine_client, node=Node(host_engine))
+    [job] = run_folder_pipeline(engine_client, SCENARIOS / "k8s-d04-service-alias", executor)
     # Catches service aliases missing from the pod's hostAliases.
     assert job.status == "success", job.trace
     assert _printed(job.trace, "localhost:2375 reached")
     assert _printed(job.trace, "docker:2375 reached")
 
 
-def test_alias_fails_without_host_aliases(engine_client):
-    executor = KubernetesExecutor(engine_client, write_host_aliases=False)
+def test_alias_fails_without_host_aliases(engine_client, host_engine):
+    executor = KubernetesExecutor(engine_client, write_host_aliases=False, node=Node(host_engine))
     [job] = run_folder_pipeline(engine_client, SCENARIOS / "k8s-d04-service-alias", executor)
     # Catches an emulation that resolves service names some other way than hostAliases.
     assert job.status == "failed", job.trace
@@ -72,8 +74,8 @@ def test_alias_fails_without_host_aliases(engine_client):
     assert "Cannot connect to the Docker daemon at tcp://docker:2375" in job.trace
 
 
-def test_first_command_races_dind(engine_client):
-    executor = KubernetesExecutor(engine_client, empty_dirs=CERTS_EMPTY_DIR)
+def test_first_command_races_dind(engine_client, host_engine):
+    executor = KubernetesExecutor(engine_client, empty_dirs=CERTS_EMPTY_DIR, node=Node(host_engine))
     [job] = run_folder_pipeline(engine_client, SCENARIOS / "k8s-d09-dind-race", executor)
     # Catches a runner that waits for services without HEALTHCHECK_TCP_PORT, hiding the race.
     assert job.waited_for == []
@@ -81,8 +83,8 @@ def test_first_command_races_dind(engine_client):
     assert "/certs/client" in job.trace or "Cannot connect to the Docker daemon" in job.trace, job.trace
 
 
-def test_health_check_port_waits_for_dind(engine_client):
-    executor = KubernetesExecutor(engine_client, empty_dirs=CERTS_EMPTY_DIR)
+def test_health_check_port_waits_for_dind(engine_client, host_engine):
+    executor = KubernetesExecutor(engine_client, empty_dirs=CERTS_EMPTY_DIR, node=Node(host_engine))
     [job] = run_folder_pipeline(engine_client, SCENARIOS / "k8s-d09-dind-race", executor,
                                 (Variable("HEALTHCHECK_TCP_PORT", "2376"),))
     # Catches a health check that returns before dockerd listens with its certificates written.

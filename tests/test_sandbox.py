@@ -15,6 +15,7 @@ import docker.errors
 import pytest
 
 from harness import cli, host, labels, run
+from harness.engine import local_dns_address, offline_guard_enabled
 from harness.errors import EngineError
 from harness.sandbox import SandboxEngine, sandboxes_dir
 from harness.scenario import load_scenario
@@ -93,6 +94,19 @@ def test_stop_removes_jobs_leftovers(engine_client, sandbox_host):
     assert not (sandboxes_dir() / sandbox.name).exists()
     # The job's container lived in the sandbox only.
     assert not engine_client.api.containers(all=True, filters={"name": "^/left-behind$"})
+
+
+def test_nested_lookups_stay_local(sandbox_host):
+    if not offline_guard_enabled():
+        pytest.skip("HARNESS_ALLOW_PULLS lets containers use outside name servers")
+    sandbox_host.sandbox.seed(["busybox:latest"])
+
+    output = sandbox_host.client.containers.run("busybox:latest", ["cat", "/etc/resolv.conf"], remove=True)
+
+    nameservers = [line.split()[1] for line in output.decode().splitlines() if line.startswith("nameserver")]
+    # Catches a sandbox daemon that hands its containers the fallback name servers 8.8.8.8 and
+    # 8.8.4.4, because its own resolv.conf names only Docker's embedded DNS on 127.0.0.11.
+    assert nameservers == [local_dns_address()]
 
 
 def test_missing_image_leaves_nothing(engine_client):
