@@ -127,6 +127,8 @@ class Node:
             return probe_docker_socket(path)
 
         # The sandbox image has the docker CLI but no curl, and `docker version` starts with GET /_ping.
+        # NOTE: the tests reach this branch only with the sandbox's own dockerd socket; a
+        # non-Docker socket inside a sandbox is not exercised.
         command = ["docker", "-H", f"unix://{path}", "version", "--format", "{{.Server.APIVersion}}"]
         exit_code, output = self.sandbox.container.exec_run(command, demux=True)
         stdout, stderr = (part.decode(errors="replace").strip() if part else "" for part in output)

@@ -4,9 +4,10 @@ Each cell is a real ``run_scenario`` with the jobs' docker images replaced by on
 (``harness.engine_lines``) and the executor imitating one runner version
 (``harness.executor.compat``). DinD cells run in parallel worker processes
 (``harness.matrix_worker``): each worker is its own harness session with its own registry
-wiring and pull mirror, because one session serves a registry hostname only once. DooD cells
-run one at a time afterwards in one more worker, because their jobs act on the host engine
-itself, where container names and host ports of parallel runs would collide.
+wiring and pull mirror, because one session serves a registry hostname only once. Each worker
+runs its cells on its own sandbox host engine unless ``host_engine`` is ``local``. DooD cells
+run one at a time afterwards in one more worker, because on a ``local`` host their jobs act on
+the real engine itself, where container names and host ports of parallel runs would collide.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import docker
 from harness import images
 from harness.engine_lines import ENGINE_LINES, PLAIN_TCP_DELAY_SECONDS, EngineLine, engine_line
 from harness.errors import HarnessError, InputError, MatrixError
+from harness.host import HostEngine
 from harness.executor.compat import CURRENT_VERSION, RunnerCompat
 from harness.placement import HOST
 from harness.run import RunOptions, RunResult, check_inputs, run_scenario
@@ -142,7 +144,7 @@ def ensure_cell_images(client: docker.DockerClient, cells: list[Cell]) -> None:
 
 
 def run_matrix(client: docker.DockerClient, scenario: Scenario, cells: list[Cell], parallel: int = 2,
-               jobs: tuple[str, ...] = ()) -> list[CellResult]:
+               jobs: tuple[str, ...] = (), host_engine: str = "sandbox") -> list[CellResult]:
     """Run every cell and return the results in the order of ``cells``.
 
     Every cell's inputs are checked before the first one starts. A cell that raises is a failed
@@ -163,10 +165,11 @@ def run_matrix(client: docker.DockerClient, scenario: Scenario, cells: list[Cell
     results: dict[Cell, CellResult] = {}
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="matrix")
     try:
-        for batch in pool.map(lambda batch: _run_worker(scenario, batch, jobs), [b for b in batches if b]):
+        for batch in pool.map(lambda batch: _run_worker(scenario, batch, jobs, host_engine), [b for b in batches if b]):
             results.update({result.cell: result for result in batch})
         if serial_cells:
-            results.update({result.cell: result for result in _run_worker(scenario, serial_cells, jobs)})
+            results.update({result.cell: result
+                            for result in _run_worker(scenario, serial_cells, jobs, host_engine)})
     except BaseException:
         # Stopped before the pool waits for its threads, which wait for the workers.
         _stop_workers()
@@ -189,11 +192,13 @@ def _stop_workers() -> None:
         worker.wait()
 
 
-def _run_worker(scenario: Scenario, cells: list[Cell], jobs: tuple[str, ...]) -> list[CellResult]:
+def _run_worker(scenario: Scenario, cells: list[Cell], jobs: tuple[str, ...],
+                host_engine: str = "sandbox") -> list[CellResult]:
     """Run ``cells`` one after another in a ``harness.matrix_worker`` process; return its results."""
     with tempfile.TemporaryDirectory(prefix="harness-matrix-") as directory:
         spec_path, result_path = Path(directory) / "cells.json", Path(directory) / "results.json"
-        spec = {"scenario": str(scenario.folder), "jobs": list(jobs), "cells": [cell_to_dict(c) for c in cells]}
+        spec = {"scenario": str(scenario.folder), "jobs": list(jobs), "cells": [cell_to_dict(c) for c in cells],
+                "host_engine": host_engine}
         spec_path.write_text(json.dumps(spec))
         log.info("matrix worker starting for %s", ", ".join(cell.name for cell in cells))
         # A session id inherited from a caller would make the workers one session again.
@@ -214,16 +219,20 @@ def _run_worker(scenario: Scenario, cells: list[Cell], jobs: tuple[str, ...]) ->
         return [CellResult.from_dict(data) for data in json.loads(result_path.read_text())]
 
 
-def _options(cell: Cell, jobs: tuple[str, ...] = ()) -> RunOptions:
-    return RunOptions(jobs=tuple(jobs), runner_version=cell.runner_version, engine_line=cell.engine)
+def _options(cell: Cell, jobs: tuple[str, ...] = (), host: HostEngine | None = None) -> RunOptions:
+    return RunOptions(jobs=tuple(jobs), runner_version=cell.runner_version, engine_line=cell.engine, host=host)
 
 
-def run_cell(client: docker.DockerClient, scenario: Scenario, cell: Cell, jobs: tuple[str, ...] = ()) -> CellResult:
-    """Run one cell in this process and judge it; an error of the run becomes a failed result."""
+def run_cell(client: docker.DockerClient, scenario: Scenario, cell: Cell, jobs: tuple[str, ...] = (),
+             host: HostEngine | None = None) -> CellResult:
+    """Run one cell in this process on ``host`` (None: the real engine) and judge it.
+
+    An error of the run becomes a failed result.
+    """
     log.info("matrix cell %s starting", cell.name)
     started = time.monotonic()
     try:
-        run = run_scenario(client, scenario, cell.mode, _options(cell, jobs))
+        run = run_scenario(client, scenario, cell.mode, _options(cell, jobs, host))
     except (HarnessError, docker.errors.DockerException) as error:
         result = CellResult(cell, problems=[f"the run failed: {error}"])
     else:

@@ -1,8 +1,9 @@
 """Worker process of the matrix: ``python -m harness.matrix_worker CELLS.json RESULTS.json``.
 
-Runs the cells of CELLS.json one after another as one harness session and writes their
-``CellResult.to_dict()`` list to RESULTS.json. Its own session keeps its registry wiring and pull
-mirror apart from the other workers', and its teardown runs at a normal exit or on Ctrl-C.
+Runs the cells of CELLS.json one after another as one harness session, on one sandbox host
+engine unless the spec's ``host_engine`` is ``local``, and writes their ``CellResult.to_dict()``
+list to RESULTS.json. Its own session keeps its registry wiring, pull mirror and sandbox apart
+from the other workers', and its teardown runs at a normal exit or on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from harness import cleanup, labels, matrix
 from harness.engine import require_engine
 from harness.errors import HarnessError
+from harness.host import HostEngine, open_sandbox
 from harness.scenario import load_scenario
 
 
@@ -35,12 +37,17 @@ def main(argv: list[str] | None = None) -> int:
     # The matrix stops a worker with SIGTERM; as KeyboardInterrupt it unwinds every run's teardown.
     signal.signal(signal.SIGTERM, _interrupt)
     jobs = tuple(spec.get("jobs") or ())
+    host = None
     try:
-        results = [matrix.run_cell(client, scenario, matrix.cell_from_dict(cell), jobs) for cell in spec["cells"]]
+        host = open_sandbox(client) if spec.get("host_engine", "sandbox") == "sandbox" else HostEngine.local(client)
+        results = [matrix.run_cell(client, scenario, matrix.cell_from_dict(cell), jobs, host)
+                   for cell in spec["cells"]]
     except KeyboardInterrupt:
         print("matrix worker: interrupted; what its runs created has been removed", file=sys.stderr)
         return 130
     finally:
+        if host is not None:
+            host.close()
         # Cache volumes outlive their runs, as GitLab Runner keeps them; this session is over.
         cleanup.clean(client, session=labels.session_id())
     result_path.write_text(json.dumps([result.to_dict() for result in results]))

@@ -461,6 +461,8 @@ class _Session:
         if self.host.sandbox is None:
             return
         named = [image for _, _, image in _named_images(self.scenario.mode_files(self.mode), pipeline, config)]
+        if self.options.engine_line is not None:
+            named = [substitute_image(image, self.options.engine_line) for image in named]
         wanted = [RUNNER_IMAGE, config.docker.helper_image or DEFAULT_HELPER_IMAGE, *named]
         self.host.sandbox.seed(dict.fromkeys(image for image in wanted if "$" not in image))
 

@@ -267,7 +267,8 @@ def test_dood_pod_lands_on_node(engine_client, host_engine):
         # Catches a pod whose containers or DooD socket reached the real engine: the pod, and the
         # httpd container its docker client created, exist only on the sandbox.
         assert address != "127.0.0.1"
-        assert node_ids - {""} and not real_ids & node_ids, result.render()
+        assert node_ids - {""}, result.render()
+        assert not real_ids & node_ids, result.render()
 
     result.placement.image("httpd:latest").not_in("dind")
     # Catches a DooD container removed with the pod: the node's engine owns it.

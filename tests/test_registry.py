@@ -472,7 +472,7 @@ def test_interrupted_start_leaves_nothing(role, monkeypatch):
                 interrupted = False
                 registry.stop()
             monkeypatch.undo()
-            # Only a readiness poll may be skipped, when /v2/ answered at the first try.
+            # Only a readiness poll may be skipped, when /v2/ responded at the first try.
             assert interrupted or step[0] == "inspect_container", f"{step} was not reached: {injector.steps}"
 
             # Catches a resource created before the interrupt whose handle was never stored

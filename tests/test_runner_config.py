@@ -173,7 +173,7 @@ def test_unsupported_keys_warn(tmp_path: Path, caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="harness.runner_config"):
         config = load_runner_config(path)
 
-    # Catches a key GitLab Runner knows, which the harness documents as ignored, turned into an error.
+    # Catches a key GitLab Runner accepts, which the harness documents as ignored, turned into an error.
     assert config.warnings == (
         f"{path}: log_level: is not supported by the harness and is ignored",
         f"{path}: runners[0].cache: is not supported by the harness and is ignored",
