@@ -30,6 +30,7 @@ from typing import Iterable, Self
 
 import docker
 import docker.errors
+import requests
 
 from harness import labels
 from harness.engine import API_TIMEOUT_SECONDS, state_dir
@@ -288,6 +289,10 @@ class SandboxEngine:
         except docker.errors.APIError as error:
             raise EngineError(f"sandbox {self.name} could not load {named} from the real engine: "
                               f"{error.explanation or error}",
+                              f"check the sandbox's log with `docker logs {self.name}`") from error
+        except requests.exceptions.RequestException as error:
+            # Either daemon closed its end of the stream, such as a sandbox that stopped.
+            raise EngineError(f"sandbox {self.name} could not load {named} from the real engine: {error}",
                               f"check the sandbox's log with `docker logs {self.name}`") from error
 
         errors = [str(message["error"]) for message in messages if isinstance(message, dict) and "error" in message]
