@@ -157,6 +157,8 @@ class SandboxEngine:
             EngineError: an image is missing on the real engine, or the sandbox could not load it.
         """
         self._require_started()
+        # NOTE: every session loads these images again, because a sandbox's data volume goes with
+        # it. That costs time in proportion to the images' bytes, such as 880 MB for a DinD job.
         missing = [reference for reference in dict.fromkeys(references) if not _has_image(self._client, reference)]
         if not missing:
             return []
