@@ -115,6 +115,7 @@ def comparisons(series: list[Series]) -> list[Comparison]:
     wanted = [Comparison("dind-job", "ours", "floor", target_max=1.10),
               Comparison("dind-job", "ours", "gitlab-ci-local", target_max=0.70),
               Comparison("dind-job", "gitlab-ci-local", "floor"),
+              Comparison("dind-job", "ours sandbox", "ours"),
               Comparison("seed", "ours dind", "ours dood"),
               Comparison("suite", "-n 0", "-n 2", target_min=1.6)]
     wanted += [Comparison(item.benchmark, "mirror pull", "save-load") for item in series

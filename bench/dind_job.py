@@ -40,8 +40,12 @@ def contenders(work_dir: Path) -> dict[str, Contender]:
                              work_dir / f"dind-job-floor-{round_index}.log", env=env)
 
     def ours(round_index: int) -> float:
-        return timed_command([sys.executable, "-m", "harness.cli", "run", str(PIPELINE_DIR), "--mode", "dind"],
-                             work_dir / f"dind-job-ours-{round_index}.log", cwd=REPO_DIR, env=env)
+        return timed_command(ours_command("local"), work_dir / f"dind-job-ours-{round_index}.log",
+                             cwd=REPO_DIR, env=env)
+
+    def ours_sandbox(round_index: int) -> float:
+        return timed_command(ours_command("sandbox"), work_dir / f"dind-job-ours-sandbox-{round_index}.log",
+                             cwd=REPO_DIR, env=env)
 
     def peer(round_index: int) -> float:
         checkout = _peer_checkout(work_dir / f"gcl-{round_index}")
@@ -53,7 +57,17 @@ def contenders(work_dir: Path) -> dict[str, Contender]:
             shutil.rmtree(checkout, ignore_errors=True)
             _remove_peer_leftovers(before)
 
-    return {"floor": floor, "ours": ours, "gitlab-ci-local": peer}
+    return {"floor": floor, "ours": ours, "gitlab-ci-local": peer, "ours sandbox": ours_sandbox}
+
+
+def ours_command(host_engine: str) -> list[str]:
+    """Return the `harness run` command line of the DinD job on ``host_engine`` (local or sandbox).
+
+    ``local`` runs on the engine the floor and gitlab-ci-local use, so only that contender is
+    compared with them. ``sandbox``, the CLI's default, adds a dind host engine and its seeding.
+    """
+    return [sys.executable, "-m", "harness.cli", "run", str(PIPELINE_DIR), "--mode", "dind",
+            f"--host-engine={host_engine}"]
 
 
 def peer_command() -> list[str]:

@@ -6,9 +6,10 @@ a ``docker:dind`` container started for one session. The jobs' containers, image
 then exist only inside it, and removing its container and data volume removes them all.
 
 The sandbox daemon serves a unix socket in a directory of the real host, so this process
-talks to it like to any local engine. It pulls the stand-in images it needs through the
-session's pull mirror, which runs on the real engine, instead of receiving a full ``docker save``.
-Docker Hub's names resolve to that mirror, so nothing is pulled from outside.
+talks to it like to any local engine. The images the run needs (runner, helper, the images its
+files name) are streamed from the real engine's ``docker save`` into the sandbox's ``docker
+load``. What jobs pull later goes through the session's pull mirror, which runs on the real
+engine. Docker Hub's names resolve to that mirror, so nothing is pulled from outside.
 
 Paths that the harness bind-mounts into runner and job containers (the package, temporary
 checkouts, the registry wiring files) are shared into the sandbox at the same paths, so a runner
@@ -29,6 +30,7 @@ from typing import Iterable, Self
 
 import docker
 import docker.errors
+import requests
 
 from harness import labels
 from harness.engine import API_TIMEOUT_SECONDS, local_dns_address, offline_guard_enabled, state_dir
@@ -43,6 +45,8 @@ SOCKET_DIR = "/run/harness-sandbox"
 BRIDGE_IP = "10.213.0.1/24"
 ADDRESS_POOL = {"base": "10.214.0.0/16", "size": 24}
 READY_TIMEOUT_SECONDS = 60
+# Chunks of the `docker save` stream that seeding passes on to the sandbox's `docker load`.
+SEED_CHUNK_BYTES = 1 << 20
 
 
 def sandboxes_dir() -> Path:
@@ -139,30 +143,32 @@ class SandboxEngine:
         return self
 
     def seed(self, references: Iterable[str]) -> list[str]:
-        """Pull each image the sandbox lacks through the mirror, pushing it there first if needed.
+        """Copy the images the sandbox lacks from the real engine in one ``docker save`` streamed into ``docker load``.
+
+        A sandbox starts empty, so the layers of every image it lacks have to cross. One archive
+        of all of them carries a layer that several images share (the Debian base of the
+        stand-ins) once. Seeding through the pull mirror instead makes ``docker push`` gzip each
+        layer on the real engine before the sandbox pulls and unpacks it, which the mirror
+        then stores until the session ends.
 
         Returns:
-            The references that were pulled (those already present are skipped).
+            The references that were loaded (those already present are skipped).
 
         Raises:
-            EngineError: no mirror was set, or a pull failed.
+            EngineError: an image is missing on the real engine, or the sandbox could not load it.
         """
         self._require_started()
-        pulled = []
-        for reference in references:
-            if _has_image(self._client, reference):
-                continue
-            if self._mirror is None:
-                raise EngineError(f"sandbox {self.name} lacks {reference} and has no mirror to pull it from",
-                                  "call with_mirror(mirror) before start()")
-            if reference not in self._mirror.pushed:
-                self._mirror.add_image(reference)
-            started = time.monotonic()
-            self._pull(reference)
-            log.info("sandbox %s: pulled %s through the mirror in %.1f s", self.name, reference,
-                     time.monotonic() - started)
-            pulled.append(reference)
-        return pulled
+        # NOTE: every session loads these images again, because a sandbox's data volume goes with
+        # it. That costs time in proportion to the images' bytes, such as 880 MB for a DinD job.
+        missing = [reference for reference in dict.fromkeys(references) if not _has_image(self._client, reference)]
+        if not missing:
+            return []
+
+        started = time.monotonic()
+        self._load(missing)
+        log.info("sandbox %s: loaded %s from the real engine in %.1f s", self.name, ", ".join(missing),
+                 time.monotonic() - started)
+        return missing
 
     def list_path(self, path: str) -> list[str] | None:
         """Return the file names in directory ``path`` of the sandbox, or None when it is no directory."""
@@ -279,26 +285,38 @@ class SandboxEngine:
                           f"{READY_TIMEOUT_SECONDS} s (container {self.container.status}); its log ends:\n{tail}",
                           "check that privileged containers work with `harness doctor`")
 
-    def _pull(self, reference: str) -> None:
-        repository, tag = split_reference(reference)
+    def _load(self, references: list[str]) -> None:
+        # docker-py saves one image per request, so the multi-image endpoint is called directly.
+        # Saving by reference puts only those tags into the archive, as pulls of them would.
+        api = self.real_client.api
+        named = ", ".join(references)
         try:
-            self._client.images.pull(repository, tag=tag)
+            response = api._get(api._url("/images/get"), params={"names": references}, stream=True)
+            api._raise_for_status(response)
+            messages = list(self._client.api.load_image(response.iter_content(chunk_size=SEED_CHUNK_BYTES)))
+        except docker.errors.NotFound as error:
+            raise EngineError(f"an image for sandbox {self.name} was not found on the real engine "
+                              f"({error.explanation or error}); the sandbox needs {named}",
+                              "build the stand-ins with `harness images build`") from error
         except docker.errors.APIError as error:
-            raise EngineError(f"sandbox {self.name} could not pull {reference} through the mirror: "
+            raise EngineError(f"sandbox {self.name} could not load {named} from the real engine: "
                               f"{error.explanation or error}",
-                              "check that the image exists on the real engine (`harness images list`)") from error
+                              f"check the sandbox's log with `docker logs {self.name}`") from error
+        except requests.exceptions.RequestException as error:
+            # Either daemon closed its end of the stream, such as a sandbox that stopped.
+            raise EngineError(f"sandbox {self.name} could not load {named} from the real engine: {error}",
+                              f"check the sandbox's log with `docker logs {self.name}`") from error
+
+        errors = [str(message["error"]) for message in messages if isinstance(message, dict) and "error" in message]
+        absent = [reference for reference in references if not _has_image(self._client, reference)]
+        if errors or absent:
+            raise EngineError(f"sandbox {self.name} could not load {named} from the real engine: "
+                              f"{'; '.join(errors) or 'missing after the load: ' + ', '.join(absent)}",
+                              f"check the sandbox's log with `docker logs {self.name}`")
 
     def _require_started(self) -> None:
         if self.container is None or self._client is None:
             raise EngineError(f"sandbox engine {self.name} is not running", "call start() first")
-
-
-def split_reference(reference: str) -> tuple[str, str]:
-    """Return the repository and tag of ``reference`` (``latest`` when it names none)."""
-    if ":" in reference.rsplit("/", 1)[-1]:
-        repository, _, tag = reference.rpartition(":")
-        return repository, tag
-    return reference, "latest"
 
 
 def _has_image(client: docker.DockerClient, reference: str) -> bool:

@@ -109,6 +109,27 @@ def test_nested_lookups_stay_local(sandbox_host):
     assert nameservers == [local_dns_address()]
 
 
+def test_seed_loads_images_once(engine_client, sandbox_host):
+    sandbox = (SandboxEngine(engine_client).with_network(sandbox_host.network)
+               .with_mirror(sandbox_host.sandbox.mirror).start())
+    try:
+        loaded = sandbox.seed(["busybox:latest", "alpine:3", "busybox:latest"])
+        again = sandbox.seed(["alpine:3"])
+        with pytest.raises(EngineError, match="no-such-image:none.*harness images build"):
+            sandbox.seed(["alpine:3", "dind-dood-harness/no-such-image:none"])
+        tags = {tag for image in sandbox.client.images.list() for tag in image.tags}
+        release = sandbox.client.containers.run("alpine:3", ["cat", "/etc/alpine-release"], remove=True)
+    finally:
+        sandbox.stop()
+
+    # Catches a reference loaded twice, or an image present already being loaded again.
+    assert loaded == ["busybox:latest", "alpine:3"]
+    assert again == []
+    # Catches a save by image id, which would load the images without their tags.
+    assert tags == {"busybox:latest", "alpine:3"}
+    assert release.strip()
+
+
 def test_missing_image_leaves_nothing(engine_client):
     sandbox = SandboxEngine(engine_client, image="dind-dood-harness/no-such-image:none")
 
