@@ -19,7 +19,7 @@ from pathlib import Path
 import docker.errors
 import pytest
 
-from harness import labels
+from harness import labels, locks
 from harness.errors import InputError
 from harness.kubernetes import Pod
 from harness.kubernetes_node import probe_docker_socket
@@ -32,6 +32,11 @@ SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
 BACKOFF_SCALE = 0.1
 # bash's /dev/tcp, because the docker CLI stand-in has neither wget nor curl.
 HTTP_GET_LOCALHOST = "exec 3<>/dev/tcp/127.0.0.1/80; printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3"
+# Held while a pod may publish port 80 on the node or asserts it closed; xdist workers and
+# concurrent sessions share the node's port.
+NODE_PORT_80_LOCK = "node-port-80"
+# The d20 pod's hostPath is one fixed directory on the node, created and removed by each run.
+D20_HOST_PATH_LOCK = "node-path-k8s-d20"
 
 
 def _pod(containers: list[dict], **spec: object) -> dict:
@@ -191,7 +196,8 @@ def dind_pod(engine_client):
     """Run the seed's DinD pod until httpd answers inside it; yield facts read before and after deletion."""
     spec = load_pod(SCENARIOS / "k8s-dind" / "pod.yaml")
     facts = {}
-    with PodRun(engine_client, spec, BACKOFF_SCALE) as run:
+    # The DooD pod publishes port 80 on the node, which this pod must leave closed.
+    with locks.machine_lock(NODE_PORT_80_LOCK), PodRun(engine_client, spec, BACKOFF_SCALE) as run:
         run.pod.wait_for(lambda: _httpd_answers(run.pod), 90, "httpd answering in the pod")
         facts["from_docker_cmds"] = run.pod.exec("docker-cmds", ["bash", "-c", HTTP_GET_LOCALHOST])
         facts["node_port_80"] = _port_open("127.0.0.1", 80)
@@ -250,7 +256,7 @@ def test_dind_pod_gone_with_pod(dind_pod, engine_client):
 @pytest.mark.engine
 def test_dood_pod_lands_on_node(engine_client):
     spec = load_pod(SCENARIOS / "k8s-dood" / "pod.yaml")
-    with PodRun(engine_client, spec, BACKOFF_SCALE) as run:
+    with locks.machine_lock(NODE_PORT_80_LOCK), PodRun(engine_client, spec, BACKOFF_SCALE) as run:
         assert [probe.docker_api for probe in run.socket_probes] == [True]
         # Catches a client that did not reach the node's engine through the hostPath socket:
         # wait_for raises when the node's port 80 never serves httpd's page.
@@ -278,16 +284,18 @@ def test_dood_pod_lands_on_node(engine_client):
 @pytest.mark.engine
 def test_d20_node_without_docker_api(engine_client):
     spec = load_pod(SCENARIOS / "k8s-d20-no-docker-socket" / "pod.yaml")
-    with PodRun(engine_client, spec, BACKOFF_SCALE) as run:
-        run.pod.wait_for(lambda: run.pod.statuses["docker-cmds"].restarts >= 1, 20, "a restart")
-        logs = run.pod.logs("docker-cmds")
+    with locks.machine_lock(D20_HOST_PATH_LOCK):
+        with PodRun(engine_client, spec, BACKOFF_SCALE) as run:
+            run.pod.wait_for(lambda: run.pod.statuses["docker-cmds"].restarts >= 1, 20, "a restart")
+            logs = run.pod.logs("docker-cmds")
+        host_path_left = Path("/tmp/dind-dood-harness-k8s-d20/var/run").exists()
     [probe] = run.socket_probes
     # Catches a probe that lets the DooD pod run against a node without dockerd unannounced.
     assert probe.docker_api is False
     assert "the node has no Docker API at /tmp/dind-dood-harness-k8s-d20/var/run/docker.sock" in probe.describe()
     assert "Cannot connect to the Docker daemon at unix:///var/run/docker.sock" in logs
     # Catches a DirectoryOrCreate path the pod created but left on the node.
-    assert not Path("/tmp/dind-dood-harness-k8s-d20/var/run").exists()
+    assert not host_path_left
 
 
 def test_probe_on_non_docker_socket(tmp_path):
@@ -304,8 +312,15 @@ def test_probe_on_non_docker_socket(tmp_path):
     assert "no Docker reply" in reason or "failed" in reason
 
 
+@pytest.fixture
+def d20_host_path():
+    """Hold the d20 pod's node directory; request it before ``run_pod`` so it outlives the pod."""
+    with locks.machine_lock(D20_HOST_PATH_LOCK):
+        yield
+
+
 @pytest.mark.engine
-def test_run_pod_fixture_starts_manifest(run_pod):
+def test_run_pod_fixture_starts_manifest(d20_host_path, run_pod):
     run = run_pod(SCENARIOS / "k8s-d20-no-docker-socket" / "pod.yaml", backoff_scale=BACKOFF_SCALE)
     # Catches a fixture that hands back a pod that is not started.
     assert run.pod.statuses["docker-cmds"].id
@@ -318,9 +333,10 @@ def test_cli_pod_run_prints_restarts(engine_client):
     # resources when it exits.
     environment = {**os.environ, "HARNESS_SESSION_ID": secrets.token_hex(4)}
     manifest = SCENARIOS / "k8s-d20-no-docker-socket" / "pod.yaml"
-    process = subprocess.run([sys.executable, "-m", "harness.cli", "pod", "run", str(manifest), "--seconds", "4",
-                              "--backoff-scale", str(BACKOFF_SCALE)],
-                             env=environment, capture_output=True, text=True, timeout=120)
+    with locks.machine_lock(D20_HOST_PATH_LOCK):
+        process = subprocess.run([sys.executable, "-m", "harness.cli", "pod", "run", str(manifest), "--seconds", "4",
+                                  "--backoff-scale", str(BACKOFF_SCALE)],
+                                 env=environment, capture_output=True, text=True, timeout=120)
     # Catches a command that hides the crash loop or reports a node without Docker API as healthy.
     assert process.returncode == 1, process.stderr
     assert "RESTARTS" in process.stdout

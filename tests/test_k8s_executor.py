@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import locks
 from harness.kubernetes_executor import KubernetesExecutor
 from harness.kubernetes_pipeline import run_folder_pipeline, run_pipeline_in_pods
 from harness.scenario import load_scenario
@@ -26,9 +27,14 @@ def _printed(trace: str, line: str) -> bool:
 
 @pytest.fixture(scope="module")
 def seed_in_pods(engine_client):
-    """The seed's DinD pipeline in job pods; HEALTHCHECK_TCP_PORT makes the runner wait for dind."""
-    return run_pipeline_in_pods(engine_client, load_scenario("seed"), "dind",
-                                (Variable("HEALTHCHECK_TCP_PORT", "2375"),))
+    """The seed's DinD pipeline in job pods; HEALTHCHECK_TCP_PORT makes the runner wait for dind.
+
+    The node is the real engine, where the sandbox tests' sentinel carries the seed's names, so
+    the run holds their lock to keep the placement's node column free of it.
+    """
+    with locks.machine_lock("real-engine-seed-names"):
+        return run_pipeline_in_pods(engine_client, load_scenario("seed"), "dind",
+                                    (Variable("HEALTHCHECK_TCP_PORT", "2375"),))
 
 
 def test_seed_jobs_succeed_in_pods(seed_in_pods):
