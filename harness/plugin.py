@@ -7,6 +7,7 @@ integration test would report green on a broken machine.
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import threading
 import warnings
@@ -119,6 +120,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 _RESULTS_KEY = pytest.StashKey[list]()
 _RUNS_KEY = pytest.StashKey["ScenarioRuns"]()
+_WORKER_RESULTS_KEY = pytest.StashKey[list]()
+# The key of a worker's pickled runs in pytest-xdist's workeroutput.
+_WORKER_RUNS = "dind-dood-harness-runs"
 
 
 class ScenarioRuns:
@@ -266,12 +270,30 @@ def _used(request, result):
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     path = session.config.getoption("--harness-report", default=None)
+    if not path:
+        return
     runs = session.config.stash.get(_RUNS_KEY, None)
-    if not path or runs is None or not runs.results():
+    results = runs.results() if runs is not None else []
+
+    # A pytest-xdist worker hands its runs to the controller, which writes one report of all
+    # workers' runs once they have finished.
+    if hasattr(session.config, "workerinput"):
+        session.config.workeroutput[_WORKER_RUNS] = pickle.dumps(results)
+        return
+    results += session.config.stash.get(_WORKER_RESULTS_KEY, [])
+    if not results:
         return
     from harness.report import write_report
 
-    write_report(runs.results(), session.config.rootpath / path, title="Placement report")
+    write_report(results, session.config.rootpath / path, title="Placement report")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """Collect the runs of a finished pytest-xdist worker for the controller's placement report."""
+    data = getattr(node, "workeroutput", {}).get(_WORKER_RUNS)
+    if data:
+        node.config.stash.setdefault(_WORKER_RESULTS_KEY, []).extend(pickle.loads(data))
 
 
 @pytest.fixture
