@@ -34,6 +34,13 @@ def pytest_configure(config: pytest.Config) -> None:
     for name, description in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {description}")
 
+    # Every pytest-xdist worker is a session of its own with its own random id. Workers inherit
+    # the environment, so a given id would make them one session, and the first worker to finish
+    # would remove the others' live resources at its teardown.
+    if config.getoption("numprocesses", default=None) and os.environ.get("HARNESS_SESSION_ID"):
+        raise pytest.UsageError("HARNESS_SESSION_ID is set, so every pytest-xdist worker would share one "
+                                "harness session; unset it or run without -n")
+
     # docker-py and every harness module read DOCKER_HOST, so one setting reaches them all.
     engine_url = config.getoption("--harness-engine", default=None)
     if engine_url:
