@@ -6,11 +6,16 @@ integration test would report green on a broken machine.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
 import signal
+import sys
 import threading
+import time
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -33,6 +38,13 @@ def pytest_configure(config: pytest.Config) -> None:
     for name, description in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {description}")
 
+    # Every pytest-xdist worker is a session of its own with its own random id. Workers inherit
+    # the environment, so a given id would make them one session, and the first worker to finish
+    # would remove the others' live resources at its teardown.
+    if config.getoption("numprocesses", default=None) and os.environ.get("HARNESS_SESSION_ID"):
+        raise pytest.UsageError("HARNESS_SESSION_ID is set, so every pytest-xdist worker would share one "
+                                "harness session; unset it or run without -n")
+
     # docker-py and every harness module read DOCKER_HOST, so one setting reaches them all.
     engine_url = config.getoption("--harness-engine", default=None)
     if engine_url:
@@ -42,10 +54,71 @@ def pytest_configure(config: pytest.Config) -> None:
     # so a CI job timeout or `kill` still removes the session's sandbox, registries and mirror.
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _interrupt)
+    global _xdist_controller
+    _xdist_controller = bool(config.getoption("numprocesses", default=None)) and not hasattr(config, "workerinput")
 
 
 def _interrupt(signum, frame) -> None:
+    global _terminated
+    _terminated = True
+    if _xdist_controller:
+        _stop_workers()
     raise KeyboardInterrupt
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # A worker serves its controller until told to exit, and a controller that waits for it in its
+    # SIGTERM handler cannot tell it. The worker's teardown is done here, so it exits by itself.
+    if _terminated and hasattr(config, "workerinput"):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+
+
+# Whether this process is a pytest-xdist controller, whose child processes are its workers.
+_xdist_controller = False
+# Whether this process got SIGTERM.
+_terminated = False
+# How long a controller waits after SIGTERM for its workers to tear their sessions down.
+WORKER_TEARDOWN_SECONDS = 180
+
+
+def _stop_workers() -> None:
+    """Send SIGTERM to this controller's pytest-xdist workers and wait until they have exited.
+
+    A controller that gets SIGTERM alone kills its workers after 10 s (pytest-xdist 3.8), often
+    before their teardown ends, so their sandboxes and registries would stay until the next
+    session's sweep. Ctrl-C in a terminal reaches every worker by itself. Each worker exits
+    after its teardown, in ``pytest_unconfigure``.
+    """
+    workers = _child_pids()
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + WORKER_TEARDOWN_SECONDS
+    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def _child_pids() -> list[int]:
+    """Return the pids of this process's children, read from /proc."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            # The command name in brackets may contain spaces, so the fields after it are split.
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == os.getpid():
+                children.append(int(stat.parent.name))
+    return children
+
+
+def _running(pid: int) -> bool:
+    """Return whether ``pid`` exists and is not a zombie waiting for its parent."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 @pytest.fixture(scope="session")
@@ -119,6 +192,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 _RESULTS_KEY = pytest.StashKey[list]()
 _RUNS_KEY = pytest.StashKey["ScenarioRuns"]()
+_WORKER_RESULTS_KEY = pytest.StashKey[list]()
+# The key of a worker's pickled runs in pytest-xdist's workeroutput.
+_WORKER_RUNS = "dind-dood-harness-runs"
 
 
 class ScenarioRuns:
@@ -266,12 +342,30 @@ def _used(request, result):
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     path = session.config.getoption("--harness-report", default=None)
+    if not path:
+        return
     runs = session.config.stash.get(_RUNS_KEY, None)
-    if not path or runs is None or not runs.results():
+    results = runs.results() if runs is not None else []
+
+    # A pytest-xdist worker hands its runs to the controller, which writes one report of all
+    # workers' runs once they have finished.
+    if hasattr(session.config, "workerinput"):
+        session.config.workeroutput[_WORKER_RUNS] = pickle.dumps(results)
+        return
+    results += session.config.stash.get(_WORKER_RESULTS_KEY, [])
+    if not results:
         return
     from harness.report import write_report
 
-    write_report(runs.results(), session.config.rootpath / path, title="Placement report")
+    write_report(results, session.config.rootpath / path, title="Placement report")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """Collect the runs of a finished pytest-xdist worker for the controller's placement report."""
+    data = getattr(node, "workeroutput", {}).get(_WORKER_RUNS)
+    if data:
+        node.config.stash.setdefault(_WORKER_RESULTS_KEY, []).extend(pickle.loads(data))
 
 
 @pytest.fixture

@@ -81,7 +81,12 @@ class EngineState:
         api = client.api
         resources: dict[str, dict[str, str]] = {}
         volume_users: dict[str, list[dict[str, str]]] = {}
-        for container in api.containers(all=True):
+        # Volumes before containers: a container created in between then shows up with the
+        # anonymous volume it brought, so the volume is attributed to the container's session.
+        volumes = api.volumes().get("Volumes") or []
+        containers = api.containers(all=True)
+        owners_by_ip = _owners_by_ip(containers)
+        for container in containers:
             resources[f"container {container['Names'][0]} {container['Id'][:12]}"] = container["Labels"] or {}
             for mount in container.get("Mounts", []):
                 if mount.get("Name"):
@@ -89,10 +94,10 @@ class EngineState:
         for image in api.images(all=True):
             resources[f"image {image['Id']}"] = image.get("Labels") or {}
             for tag in image.get("RepoTags") or []:
-                resources[f"image tag {tag} {image['Id']}"] = image.get("Labels") or {}
+                resources[f"image tag {tag} {image['Id']}"] = _tag_labels(tag, image.get("Labels") or {}, owners_by_ip)
         for network in api.networks():
             resources[f"network {network['Name']} {network['Id'][:12]}"] = network.get("Labels") or {}
-        for volume in api.volumes().get("Volumes") or []:
+        for volume in volumes:
             resources[f"volume {volume['Name']}"] = volume.get("Labels") or {}
         return cls(resources, volume_users, _host_trust())
 
@@ -120,6 +125,30 @@ class EngineState:
             if owner == session or (owner == "" and not busy):
                 found.append(entry)
         return found
+
+
+def _owners_by_ip(containers: list[dict]) -> dict[str, str]:
+    """Map the address of each labelled container, such as a session's pull mirror, to its session."""
+    owners = {}
+    for container in containers:
+        session = (container["Labels"] or {}).get(labels.SESSION)
+        networks = (container.get("NetworkSettings") or {}).get("Networks") or {}
+        for network in networks.values():
+            if session and network.get("IPAddress"):
+                owners[network["IPAddress"]] = session
+    return owners
+
+
+def _tag_labels(tag: str, image_labels: dict[str, str], owners_by_ip: dict[str, str]) -> dict[str, str]:
+    """Return an image tag's labels, with the session of the registry that an ``<ip>/...`` tag names.
+
+    A session pushes an image to its mirror through a temporary ``<mirror ip>/<repository>`` tag,
+    which other sessions' captures see for a moment.
+    """
+    registry = tag.split("/", 1)[0].rsplit(":", 1)[0]
+    if "/" in tag and registry in owners_by_ip:
+        return {**image_labels, labels.SESSION: owners_by_ip[registry]}
+    return image_labels
 
 
 def _host_trust() -> dict[str, str]:

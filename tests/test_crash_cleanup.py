@@ -15,11 +15,12 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from harness import cleanup
+from harness import cleanup, labels
 from harness.registry_trust import HOST_CERTS_DIR, HOSTS_FILE, registry_state_dir
 from harness.sandbox import sandboxes_dir
 
@@ -142,3 +143,71 @@ def test_sigterm_to_pytest_tears_down(engine_client, tmp_path):
 
     # Catches a pytest session that dies on SIGTERM without removing its sandbox and mirror.
     assert _leftovers(engine_client, session) == []
+
+
+SLOW_TEARDOWN_TEST = """
+import time
+
+import pytest
+
+
+@pytest.fixture
+def slow_teardown(host_engine):
+    yield
+    # Longer than the 10 s that pytest-xdist 3.8 gives a worker to exit before it kills it.
+    time.sleep(15)
+
+
+@pytest.mark.parametrize("worker", ["a", "b"])
+def test_wait(slow_teardown, worker):
+    time.sleep(600)
+"""
+
+
+def test_sigterm_to_xdist_controller_tears_down_workers(engine_client, tmp_path):
+    (tmp_path / "test_wait.py").write_text(SLOW_TEARDOWN_TEST)
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    for variable in ("HARNESS_SESSION_ID", "HARNESS_OWNER_PID"):
+        environment.pop(variable, None)
+    process = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", str(tmp_path)],
+                               cwd=tmp_path, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    try:
+        # Workers print nothing through the controller, so the test waits for their sandboxes.
+        sessions = _wait_for_worker_sandboxes(engine_client, process.pid, 2)
+    except BaseException:
+        process.kill()
+        raise
+
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=TEARDOWN_TIMEOUT_SECONDS)
+
+    # Catches workers that the controller ends without their teardown.
+    assert "KeyboardInterrupt" in output, output
+    for session in sessions:
+        assert _leftovers(engine_client, session) == [], output
+
+
+def _wait_for_worker_sandboxes(client, controller_pid: int, count: int) -> set[str]:
+    """Return the sessions of ``count`` running sandboxes whose owners are children of ``controller_pid``."""
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        workers = {str(pid) for pid in _children(controller_pid)}
+        sessions = {summary["Labels"][labels.SESSION]
+                    for summary in client.api.containers(filters=labels.managed_filter())
+                    if summary["Labels"].get(labels.OWNER_PID) in workers and "-sandbox-" in summary["Names"][0]}
+        if len(sessions) >= count:
+            return sessions
+        time.sleep(1)
+    pytest.fail(f"{count} worker sandboxes did not start within {START_TIMEOUT_SECONDS} s")
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return children

@@ -85,13 +85,16 @@ def test_plain_tcp_start(resources, name):
     # A line without TLS by default must listen on plain TCP without being told to.
     environment = {"DOCKER_TLS_CERTDIR": ""} if line.tls_default else {}
     dind, _ = start_dind(resources, line.dind_image, f"plain-{line.slug}", environment)
+    # Creating the network, volume and container takes seconds when other workers load the
+    # machine, so the upper bound is measured from the running container.
+    running = time.monotonic()
     wait_for_daemon(dind, socket="tcp://127.0.0.1:2375", timeout=90)
-    seconds = time.monotonic() - started
+    ready = time.monotonic()
     logs = dind.logs().decode()
 
     if line.plain_tcp_delayed:
         assert SLOWDOWN_MESSAGE in logs
-        assert seconds >= PLAIN_TCP_DELAY_SECONDS, f"{line.dind_image} was ready after {seconds:.1f} s"
+        assert ready - started >= PLAIN_TCP_DELAY_SECONDS, f"{line.dind_image} was ready after {ready - started:.1f} s"
     else:
         assert SLOWDOWN_MESSAGE not in logs
-        assert seconds < PLAIN_TCP_DELAY_SECONDS, f"{line.dind_image} took {seconds:.1f} s"
+        assert ready - running < PLAIN_TCP_DELAY_SECONDS, f"{line.dind_image} took {ready - running:.1f} s"

@@ -19,7 +19,7 @@ from pathlib import Path
 import docker.errors
 import pytest
 
-from harness import labels
+from harness import labels, locks
 from harness.errors import InputError
 from harness.kubernetes import Pod
 from harness.kubernetes_node import probe_docker_socket
@@ -32,6 +32,8 @@ SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
 BACKOFF_SCALE = 0.1
 # bash's /dev/tcp, because the docker CLI stand-in has neither wget nor curl.
 HTTP_GET_LOCALHOST = "exec 3<>/dev/tcp/127.0.0.1/80; printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3"
+# The d20 pod's hostPath is one fixed directory on the node, created and removed by each run.
+D20_HOST_PATH_LOCK = "node-path-k8s-d20"
 
 
 def _pod(containers: list[dict], **spec: object) -> dict:
@@ -316,8 +318,15 @@ def test_probe_on_non_docker_socket(tmp_path):
     assert "no Docker reply" in reason or "failed" in reason
 
 
+@pytest.fixture
+def d20_host_path():
+    """Hold the d20 pod's node directory; request it before ``run_pod`` so it outlives the pod."""
+    with locks.machine_lock(D20_HOST_PATH_LOCK):
+        yield
+
+
 @pytest.mark.engine
-def test_run_pod_fixture_starts_manifest(run_pod):
+def test_run_pod_fixture_starts_manifest(d20_host_path, run_pod):
     run = run_pod(SCENARIOS / "k8s-d20-no-docker-socket" / "pod.yaml", backoff_scale=BACKOFF_SCALE)
     # Catches a fixture that hands back a pod that is not started.
     assert run.pod.statuses["docker-cmds"].id

@@ -128,8 +128,10 @@ def test_example_repository_suite_passes(tmp_path) -> None:
     shutil.copytree(EXAMPLE, copy, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache", "*.html"))
     junit = tmp_path / "junit.xml"
     report = copy / "report.html"
-    process = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
-                              f"--junitxml={junit}", "--harness-report=report.html"],
+    # Under pytest-xdist the controller writes the report and the JUnit properties from the runs
+    # it receives from the workers. With --dist loadfile the one test file runs on one worker.
+    process = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-n", "2",
+                              "--dist", "loadfile", f"--junitxml={junit}", "--harness-report=report.html"],
                              cwd=copy, capture_output=True, text=True, timeout=600)
     assert process.returncode == 0, process.stdout[-12000:] + process.stderr[-2000:]
     assert "4 passed" in process.stdout

@@ -15,7 +15,7 @@ import docker.errors
 import pytest
 from cryptography import x509
 
-from harness import labels
+from harness import labels, locks
 from harness.errors import RegistryError
 from harness.registry import Mirror, Registry, hub_repository, session_dir, validate_hostname
 from harness.registry_trust import (
@@ -232,6 +232,17 @@ def seed_registry(engine_client):
     assert _registry_resources(engine_client, registry.name) == []
 
 
+@pytest.fixture
+def seed_host_lock():
+    """Hold the machine's /etc/hosts entry for ``SEED_HOST``; request it before ``seed_registry``.
+
+    Host trust maps one name to one registry for the whole machine, so a second worker or session
+    that installs it for its own registry meanwhile would fail or redirect the real engine.
+    """
+    with locks.machine_lock(f"host-trust-{SEED_HOST}"):
+        yield
+
+
 @pytest.mark.registry
 def test_registry_requires_credentials(seed_registry):
     assert _get_v2(seed_registry, None) == 401
@@ -300,7 +311,7 @@ def test_registry_failed_start_leaves_nothing(engine_client):
 
 
 @pytest.mark.registry
-def test_host_engine_push_pull(engine_client, seed_registry):
+def test_host_engine_push_pull(engine_client, seed_host_lock, seed_registry):
     reference = f"{SEED_HOST}/devopsman/host-test"
     image_id = _scratch_image(engine_client, f"{reference}:1")
     trust = seed_registry.install_host_trust()
@@ -324,7 +335,7 @@ def test_host_engine_push_pull(engine_client, seed_registry):
 
 
 @pytest.mark.registry
-def test_host_engine_login_wrong_password(engine_client, seed_registry):
+def test_host_engine_login_wrong_password(engine_client, seed_host_lock, seed_registry):
     seed_registry.install_host_trust()
 
     with pytest.raises(docker.errors.APIError, match="401|unauthorized"):

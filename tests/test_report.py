@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import types
 from html.parser import HTMLParser
 
 import pytest
 
+from harness import plugin
 from harness.placement import ContainerRecord, Placement, Snapshot
 from harness.report import clean_trace, placement_properties, render_report, write_report
 from harness.run import JobResult, RunResult
@@ -162,3 +164,37 @@ class TestSeedReportInBrowser:
     def test_traces_collapsed_per_job(self, seed_dom) -> None:
         traces = [attrs["data-job"] for tag, attrs in seed_dom.elements if tag == "details" and "data-job" in attrs]
         assert traces == ["BuildImages", "TestImage", "BuildImages", "TestImage"]
+
+
+class _Config:
+    """The parts of a pytest config that the plugin's report hooks read; ``worker`` adds xdist's."""
+
+    def __init__(self, rootpath, results: list | None = None, worker: bool = False) -> None:
+        self.rootpath = rootpath
+        self.stash = pytest.Stash()
+        if results is not None:
+            self.stash[plugin._RUNS_KEY] = types.SimpleNamespace(results=lambda: list(results))
+        if worker:
+            self.workerinput = {}
+            self.workeroutput = {}
+
+    def getoption(self, name: str, default=None):
+        return "report.html" if name == "--harness-report" else default
+
+
+def test_report_merges_xdist_workers(tmp_path) -> None:
+    first, second = _fake_result("", "secret-1"), _fake_result("", "secret-2")
+    first.scenario, second.scenario = "from-worker-one", "from-worker-two"
+    workers = [_Config(tmp_path, [first], worker=True), _Config(tmp_path, [second], worker=True)]
+    controller = _Config(tmp_path)
+
+    for worker in workers:
+        plugin.pytest_sessionfinish(types.SimpleNamespace(config=worker), 0)
+        plugin.pytest_testnodedown(types.SimpleNamespace(config=controller, workeroutput=worker.workeroutput), None)
+    # Catches workers that write the report themselves, where the last one to finish wins.
+    assert not (tmp_path / "report.html").exists()
+    plugin.pytest_sessionfinish(types.SimpleNamespace(config=controller), 0)
+
+    html = (tmp_path / "report.html").read_text()
+    assert "from-worker-one" in html
+    assert "from-worker-two" in html

@@ -14,7 +14,7 @@ import time
 import docker.errors
 import pytest
 
-from harness import cli, host, labels, run
+from harness import cli, host, labels, locks, run
 from harness.engine import local_dns_address, offline_guard_enabled
 from harness.errors import EngineError
 from harness.sandbox import SandboxEngine, sandboxes_dir
@@ -31,6 +31,9 @@ def sandbox_host(host_engine):
 
 
 SEED_IMAGE = "registry.cn-beijing.aliyuncs.com/devopsman/marionxue-ops:nodedemo"
+# Held while the real engine has, or must not get, the seed's container and image names; the
+# Kubernetes executor's seed tests take it too.
+REAL_ENGINE_SEED_LOCK = "real-engine-seed-names"
 
 
 @pytest.fixture
@@ -39,16 +42,18 @@ def sentinel(engine_client):
 
     Both are what the seed's DooD job replaces on its host, so both change if the job reaches
     the real engine. Other sessions may change other resources on the engine at the same time,
-    so the test watches only these.
+    so the test watches only these. The seed's pipeline fixes both names, so a machine-wide lock
+    keeps other workers and sessions from creating them meanwhile.
     """
-    container = engine_client.containers.run(
-        "busybox:latest", ["sleep", "3600"], name="nodedemo", detach=True,
-        labels=labels.managed_labels("test-sentinel"))
-    image = engine_client.images.get("busybox:latest")
-    image.tag(SEED_IMAGE)
-    yield container, image.id
-    container.remove(force=True)
-    engine_client.images.remove(SEED_IMAGE)
+    with locks.machine_lock(REAL_ENGINE_SEED_LOCK):
+        container = engine_client.containers.run(
+            "busybox:latest", ["sleep", "3600"], name="nodedemo", detach=True,
+            labels=labels.managed_labels("test-sentinel"))
+        image = engine_client.images.get("busybox:latest")
+        image.tag(SEED_IMAGE)
+        yield container, image.id
+        container.remove(force=True)
+        engine_client.images.remove(SEED_IMAGE)
 
 
 def test_dood_run_spares_real_engine(engine_client, sandbox_host, sentinel):
