@@ -32,7 +32,8 @@ SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
 BACKOFF_SCALE = 0.1
 # bash's /dev/tcp, because the docker CLI stand-in has neither wget nor curl.
 HTTP_GET_LOCALHOST = "exec 3<>/dev/tcp/127.0.0.1/80; printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3"
-# The d20 pod's hostPath is one fixed directory on the node, created and removed by each run.
+# The d20 pod's hostPath is one fixed directory under /tmp, which every sandbox node shares with
+# the real host; each run creates and removes it.
 D20_HOST_PATH_LOCK = "node-path-k8s-d20"
 
 
@@ -292,16 +293,18 @@ def test_dood_pod_lands_on_node(engine_client, host_engine):
 @pytest.mark.engine
 def test_d20_node_without_docker_api(engine_client, host_engine):
     spec = load_pod(SCENARIOS / "k8s-d20-no-docker-socket" / "pod.yaml")
-    with PodRun(engine_client, spec, BACKOFF_SCALE, host=host_engine) as run:
-        run.pod.wait_for(lambda: run.pod.statuses["docker-cmds"].restarts >= 1, 20, "a restart")
-        logs = run.pod.logs("docker-cmds")
+    with locks.machine_lock(D20_HOST_PATH_LOCK):
+        with PodRun(engine_client, spec, BACKOFF_SCALE, host=host_engine) as run:
+            run.pod.wait_for(lambda: run.pod.statuses["docker-cmds"].restarts >= 1, 20, "a restart")
+            logs = run.pod.logs("docker-cmds")
+        host_path_kind = run.node.path_kind("/tmp/dind-dood-harness-k8s-d20/var/run")
     [probe] = run.socket_probes
     # Catches a probe that lets the DooD pod run against a node without dockerd unannounced.
     assert probe.docker_api is False
     assert "the node has no Docker API at /tmp/dind-dood-harness-k8s-d20/var/run/docker.sock" in probe.describe()
     assert "Cannot connect to the Docker daemon at unix:///var/run/docker.sock" in logs
     # Catches a DirectoryOrCreate path the pod created but left on the node.
-    assert run.node.path_kind("/tmp/dind-dood-harness-k8s-d20/var/run") == "missing"
+    assert host_path_kind == "missing"
 
 
 def test_probe_on_non_docker_socket(tmp_path):
@@ -340,9 +343,10 @@ def test_cli_pod_run_prints_restarts(engine_client):
     # 2-core machine; the timeout leaves room for a busier engine.
     environment = {**os.environ, "HARNESS_SESSION_ID": secrets.token_hex(4)}
     manifest = SCENARIOS / "k8s-d20-no-docker-socket" / "pod.yaml"
-    process = subprocess.run([sys.executable, "-m", "harness.cli", "pod", "run", str(manifest), "--seconds", "4",
-                              "--backoff-scale", str(BACKOFF_SCALE)],
-                             env=environment, capture_output=True, text=True, timeout=300)
+    with locks.machine_lock(D20_HOST_PATH_LOCK):
+        process = subprocess.run([sys.executable, "-m", "harness.cli", "pod", "run", str(manifest), "--seconds", "4",
+                                  "--backoff-scale", str(BACKOFF_SCALE)],
+                                 env=environment, capture_output=True, text=True, timeout=300)
     # Catches a command that hides the crash loop or reports a node without Docker API as healthy.
     assert process.returncode == 1, process.stderr
     assert "RESTARTS" in process.stdout
