@@ -1,7 +1,8 @@
 # Set-up and test entry points. Every target provisions what it needs, so each one works on a
 # fresh Debian machine as root: the Python package, the Docker engine, the stand-in images.
 PYTHON ?= python3
-PYTEST_ARGS ?=
+# Two xdist workers, one per core; each gets its own sandbox host engine and session id.
+PYTEST_ARGS ?= -n 2
 # The module form works before the shell has seen the new console script on PATH.
 HARNESS = $(PYTHON) -m harness.cli
 # `make bench BENCH=suite` picks benchmarks (comma-separated); empty runs the default set.
