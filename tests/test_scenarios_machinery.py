@@ -21,7 +21,7 @@ from contextlib import contextmanager
 import docker
 import pytest
 
-from harness import cleanup, labels
+from harness import cleanup, labels, locks
 from harness.placement import HOST
 from harness.run import RunOptions, RunResult, run_scenario
 from harness.scenario import load_scenario
@@ -259,6 +259,10 @@ def test_x1_two_sessions_never_collide():
 D10_FOLDER = "d10-dind-mtu-per-build-network"
 D10_FILE_MIB = 8
 NETTOOLS_IMAGE = "dind-dood-harness/nettools:latest"
+# Held for a whole D10 run. Both D10 modes run on the real engine, where they create cache volumes
+# with the same names, and the server joins the first per-build network whose name starts with
+# the runner's: two runs at once (two xdist workers) would share both.
+D10_LOCK = "real-engine-d10"
 
 
 def _start_d10_server(client):
@@ -317,6 +321,11 @@ def _prepare_d10_server(client, server, network) -> None:
 
 
 def _run_d10(client, mode: str) -> tuple[RunResult, dict]:
+    with locks.machine_lock(D10_LOCK):
+        return _run_d10_alone(client, mode)
+
+
+def _run_d10_alone(client, mode: str) -> tuple[RunResult, dict]:
     server = _start_d10_server(client)
     stop, state = threading.Event(), {}
     watcher = threading.Thread(target=_attach_when_network_appears, args=(client, server, stop, state), daemon=True)
