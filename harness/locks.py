@@ -1,7 +1,8 @@
 """Machine-wide locks for resources that only one harness process at a time can hold.
 
-Some resources have one fixed name on the whole machine: port 80 on the node, the container name
-``nodedemo`` on the real engine, a registry hostname in ``/etc/hosts``. Two pytest-xdist workers,
+Some resources have one fixed name on the whole machine: a host path under ``/tmp`` that every
+sandbox shares, the container name ``nodedemo`` on the real engine, a registry hostname in
+``/etc/hosts``. Two pytest-xdist workers,
 or two sessions started side by side, would collide on them. A lock file under the state
 directory makes them take turns, and the kernel releases it when its holder dies, even by SIGKILL.
 """
@@ -38,7 +39,7 @@ def machine_lock(name: str) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            log.info("waiting for lock %s, which another process holds", name)
+            log.info("lock %s is taken by another process; waiting for it", name)
             started = time.monotonic()
             fcntl.flock(handle, fcntl.LOCK_EX)
             log.info("acquired lock %s after %.1f s", name, time.monotonic() - started)

@@ -68,8 +68,9 @@ def _interrupt(signum, frame) -> None:
 
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config: pytest.Config) -> None:
-    # A worker serves its controller until told to exit, and a controller that waits for it in its
-    # SIGTERM handler cannot tell it. The worker's teardown is done here, so it exits by itself.
+    # A worker serves its controller until the controller sends it the exit command, which a
+    # controller waiting in its SIGTERM handler cannot send. So the worker exits by itself here,
+    # after its teardown.
     if _terminated and hasattr(config, "workerinput"):
         sys.stdout.flush()
         sys.stderr.flush()

@@ -56,7 +56,7 @@ def _port_open(host: str, port: int) -> bool:
 
 def _node_serves_httpd(address: str) -> bool:
     # docker-proxy accepts on the node's port before httpd listens in the container, and then
-    # resets the connection; only a full response shows the DooD container is serving.
+    # resets the connection. Only a full response shows that the DooD container serves the page.
     try:
         with urllib.request.urlopen(f"http://{address}:80/", timeout=5) as response:
             return "It works!" in response.read().decode()

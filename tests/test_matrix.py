@@ -217,7 +217,7 @@ def _children(pid: int) -> set[int]:
 @pytest.mark.dind
 def test_sigterm_stops_workers_and_their_runs(client):
     environment = {**os.environ, "HARNESS_SESSION_ID": secrets.token_hex(4)}
-    # On a local host the runner containers are on the real engine, where the loop below sees them.
+    # On a local host the runner containers run on the real engine, where the loop below lists them.
     process = subprocess.Popen([sys.executable, "-m", "harness.cli", "matrix", "--scenario", "m1-engine-defaults",
                                 "--dind-version", "19.03", "--dind-version", "1.12", "--junit", os.devnull,
                                 "--host-engine", "local"],

@@ -259,9 +259,9 @@ def test_x1_two_sessions_never_collide():
 D10_FOLDER = "d10-dind-mtu-per-build-network"
 D10_FILE_MIB = 8
 NETTOOLS_IMAGE = "dind-dood-harness/nettools:latest"
-# Held for a whole D10 run. Both D10 modes run on the real engine, where they create cache volumes
-# with the same names, and the server joins the first per-build network whose name starts with
-# the runner's: two runs at once (two xdist workers) would share both.
+# Held for a whole D10 run. Both D10 modes run on the real engine and create cache volumes with
+# the same names. The server also joins the first per-build network whose name starts with the
+# runner's, so two runs at once (two xdist workers) would share volumes and network.
 D10_LOCK = "real-engine-d10"
 
 
