@@ -15,6 +15,7 @@ import pytest
 
 from harness import images, labels
 from harness.executor import DockerExecutor, RunnerCompat, naming
+from harness.executor.settings import session_system_id
 from harness.executor.runner_labels import PREFIX as RUNNER_LABEL
 
 pytestmark = pytest.mark.engine
@@ -197,7 +198,7 @@ def test_dind_privileged_job_succeeds(client, project, job):
     assert f"docker:{service_ip}" in build["HostConfig"]["ExtraHosts"]
     assert f"docker:{service_ip}" in predefined["HostConfig"]["ExtraHosts"]
 
-    cache = naming.cache_volume_name(naming.project_real_unique_name(token, "s_000000000000", 42, 0), "/cache")
+    cache = naming.cache_volume_name(naming.project_real_unique_name(token, session_system_id(), 42, 0), "/cache")
     builds = naming.cache_volume_name(prefix, "/builds")
     for details in (service, build, predefined):
         assert f"{cache}:/cache" in details["HostConfig"]["Binds"]
@@ -387,12 +388,40 @@ def test_cache_dir_makes_host_bind(client, project, job, tmp_path):
     result = run_job(client, config, payload, None)
 
     assert result.status == "success", result.trace
-    reusable = naming.project_real_unique_name(token, "s_000000000000", 42, 0)
+    reusable = naming.project_real_unique_name(token, session_system_id(), 42, 0)
     marker = tmp_path / reusable / naming.path_hash("/cache") / "marker"
     assert marker.read_text() == "cached\n"
     assert [volume["destination"] for volume in result.volumes] == ["/builds"]
     assert_job_resources_gone(client, result)
     subprocess.run(["rm", "-rf", str(tmp_path / reusable)], check=True)
+
+
+def test_cache_volume_per_session(client, project, job, monkeypatch):
+    """Two sessions with one runner token on one engine get a reusable cache volume each.
+
+    The first teardown fails on a shared volume while the second session's job mounts it, and the
+    second session does not remove a volume labelled as the first's.
+    """
+    directory, sha = project
+    job_id, token = job
+    config = make_config(token, volumes=["/cache"])
+    volumes = {}
+    try:
+        for offset, session in enumerate(("0000aaaa", "0000bbbb")):
+            monkeypatch.setattr(labels, "_session_id", session)
+            payload = make_payload(job_id + offset, sha, ["true"], variables=[("GIT_STRATEGY", "none")])
+
+            result = run_job(client, config, payload, None)
+
+            assert result.status == "success", result.trace
+            [volume] = [volume for volume in result.volumes if volume["reusable"]]
+            volumes[session] = volume
+    finally:
+        for name in {volume["name"] for volume in volumes.values()}:
+            client.api.remove_volume(name, force=True)
+
+    assert volumes["0000aaaa"]["name"] != volumes["0000bbbb"]["name"]
+    assert volumes["0000bbbb"]["new"], "the second session reused the first session's cache volume"
 
 
 def test_duplicate_volume_destination_fails(client, project, job, tmp_path):

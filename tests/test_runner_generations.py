@@ -7,6 +7,7 @@ import docker.errors
 import pytest
 
 from harness.executor import RunnerCompat, naming
+from harness.executor.settings import session_system_id
 from test_executor import (Recorder, assert_job_resources_gone, client, job, make_config,  # noqa: F401
                            make_payload, project, run_job)
 
@@ -94,7 +95,7 @@ def test_cache_volume_name_by_generation(client, project, job, version):
     if version == "18.3.0":
         expected = f"runner-{short}-project-42-concurrent-0-cache-{naming.path_hash('/cache')}"
     else:
-        unique = naming.project_real_unique_name(token, "s_000000000000", 42, 0)
+        unique = naming.project_real_unique_name(token, session_system_id(), 42, 0)
         expected = f"{unique}-cache-{naming.path_hash('/cache')}-protected"
     assert volume["name"] == expected
     try:

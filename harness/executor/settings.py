@@ -8,13 +8,27 @@ The executor depends only on the key names of GitLab Runner's ``config.toml`` (`
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Mapping
 
+from harness import labels
 from harness.errors import InputError
 
 DEFAULT_HELPER_IMAGE = "dind-dood-harness/helper:latest"
 DEFAULT_TOKEN = "glrt-t1_harnessrunnertokenxyz"
-DEFAULT_SYSTEM_ID = "s_000000000000"
+
+
+def session_system_id(session: str | None = None) -> str:
+    """Return the runner system ID of a harness session: ``s_`` and 12 hex characters.
+
+    GitLab Runner makes one system ID per runner host and stores it in ``.runner_system_id``.
+    Each harness session plays one runner host, so its ID derives from the session id. Reusable
+    cache volume names hash the system ID, so two sessions with one engine and one token get a
+    volume each. A shared volume outlived both sessions: the first teardown failed while the
+    second session's job still mounted it, and the second session never removed it.
+    """
+    digest = hashlib.sha256((session or labels.session_id()).encode()).hexdigest()
+    return "s_" + digest[:12]
 
 
 def _strings(value) -> tuple[str, ...]:
@@ -41,7 +55,7 @@ class ExecutorSettings:
 
     name: str = "harness-runner"
     token: str = DEFAULT_TOKEN
-    system_id: str = DEFAULT_SYSTEM_ID
+    system_id: str = dataclasses.field(default_factory=session_system_id)
     builds_dir: str = "/builds"
     cache_dir: str = "/cache"
     environment: tuple[str, ...] = ()
@@ -94,7 +108,7 @@ class ExecutorSettings:
         return cls(
             name=str(entry.get("name") or cls.name),
             token=str(entry.get("token") or cls.token),
-            system_id=str(entry.get("system_id") or cls.system_id),
+            system_id=str(entry.get("system_id") or session_system_id()),
             builds_dir=str(entry.get("builds_dir") or cls.builds_dir),
             cache_dir=str(entry.get("cache_dir") or cls.cache_dir),
             environment=_strings(entry.get("environment")),
