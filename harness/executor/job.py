@@ -106,6 +106,8 @@ def build_context(client, payload: Mapping, settings: ExecutorSettings, compat: 
     short = naming.short_token(settings.token, legacy=compat.short_token_pre_18_2)
     unique = naming.project_unique_name(short, project_id, concurrent_id)
     if compat.cache_volume_naming_pre_18_4:
+        # NOTE: these names hold no system ID, so two sessions that run one token and project on
+        # one engine share the volume, as two old runners did. A per-session token would separate them.
         reusable = unique
     else:
         reusable = naming.project_real_unique_name(settings.token, settings.system_id, project_id, concurrent_id)
