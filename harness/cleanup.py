@@ -139,7 +139,8 @@ def _remove_session_files(client: docker.DockerClient, session: str | None, dead
     that carry no Docker label: job payloads with secrets in the temporary directory, ``certs.d``
     copies, sandbox socket directories. A temporary directory names its session and owner
     process. A wiring or sandbox directory is removed once no labelled container of its session
-    or name exists and it is older than ``ORPHAN_AGE_SECONDS``, so one being set up stays.
+    or name exists and it is older than ``ORPHAN_AGE_SECONDS``, so one being set up stays. The
+    dead-session sweep also keeps a wiring directory whose owner file names a running process.
     """
     from harness.registry_trust import registry_state_dir
     from harness.sandbox import sandboxes_dir
@@ -167,9 +168,21 @@ def _remove_session_files(client: docker.DockerClient, session: str | None, dead
                 if directory.name not in live_names]
     for directory in orphans:
         swept = directory.name in removed_sessions or any(f"-{owner}-" in directory.name for owner in removed_sessions)
+        if dead_only and not swept and _owner_alive(directory):
+            continue
         if directory.is_dir() and (swept or time.time() - directory.stat().st_mtime > ORPHAN_AGE_SECONDS):
             shutil.rmtree(directory, ignore_errors=True)
             log.info("removed %s, which no running session uses", directory)
+
+
+def _owner_alive(directory: Path) -> bool:
+    """Return whether the process named in a wiring directory's owner file still runs."""
+    from harness.registry_container import OWNER_PID_FILE
+
+    try:
+        return _pid_alive((directory / OWNER_PID_FILE).read_text().strip())
+    except OSError:
+        return False
 
 
 def _managed_containers(client: docker.DockerClient) -> list[tuple[str, str]]:

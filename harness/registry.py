@@ -25,7 +25,7 @@ import docker
 import docker.errors
 
 from harness.errors import RegistryError
-from harness.registry_container import REGISTRY_IMAGE, RegistryContainer, session_dir
+from harness.registry_container import REGISTRY_IMAGE, RegistryContainer, claim_session_dir, session_dir
 from harness.registry_trust import HostTrust, Wiring, is_ip_address
 
 __all__ = ["DEFAULT_MIRROR_IMAGES", "MIRROR_HOSTNAME", "REGISTRY_IMAGE", "Mirror", "Registry", "Wiring",
@@ -196,7 +196,7 @@ class Mirror(RegistryContainer):
     def _after_ready(self) -> None:
         # Each file and trust is recorded before it is written, so stop() also removes it when an
         # interrupt lands in between.
-        path = session_dir() / f"{self.name}.daemon.json"
+        path = claim_session_dir() / f"{self.name}.daemon.json"
         self._wiring_paths.append(path)
         path.write_text(json.dumps(self.daemon_json(), indent=2) + "\n")
         trust = HostTrust(self.ip, self._authority().cert_pem, [self.ip], self.name)

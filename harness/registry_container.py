@@ -48,9 +48,38 @@ OWNER_SUFFIX = ".owner"
 HTPASSWD_AUTH = "auth:\n  htpasswd:\n    realm: dind-dood-harness\n    path: /etc/docker/registry/htpasswd\n"
 
 
+# The file in a session's wiring directory that names the process owning the session.
+OWNER_PID_FILE = "owner-pid"
+
+
 def session_dir() -> Path:
     """Return the directory of this session's wiring files: ``certs.d`` and mirror ``daemon.json``."""
     return registry_state_dir() / "sessions" / labels.session_id()
+
+
+def claim_session_dir() -> Path:
+    """Create this session's wiring directory with a file naming its owner process; return it.
+
+    The dead-session sweep of another session leaves a directory alone while its owner lives,
+    also when the session has no container at that moment.
+    """
+    path = session_dir()
+    path.mkdir(parents=True, exist_ok=True)
+    owner = path / OWNER_PID_FILE
+    if not owner.is_file():
+        owner.write_text(labels.owner_pid())
+    return path
+
+
+def _release_session_dir() -> None:
+    """Remove this session's wiring directory once no registry of the session has a file in it."""
+    path = session_dir()
+    with contextlib.suppress(OSError):
+        (path / "certs.d").rmdir()
+    if path.is_dir() and {entry.name for entry in path.iterdir()} <= {OWNER_PID_FILE}:
+        (path / OWNER_PID_FILE).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            path.rmdir()
 
 
 class RegistryContainer:
@@ -159,9 +188,7 @@ class RegistryContainer:
             else:
                 path.unlink(missing_ok=True)
         self._wiring_paths.clear()
-        for directory in (session_dir() / "certs.d", session_dir()):
-            with contextlib.suppress(OSError):
-                directory.rmdir()
+        _release_session_dir()
 
     def _remove_container(self) -> None:
         """Remove the container and the storage volume by name.
@@ -331,7 +358,7 @@ class RegistryContainer:
         return json.loads(body)
 
     def _write_wiring_certs(self) -> None:
-        certs = session_dir() / "certs.d"
+        certs = claim_session_dir() / "certs.d"
         ca_pem = self._authority().cert_pem
         for name in self._hostnames:
             directory = certs / name
