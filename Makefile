@@ -10,8 +10,13 @@ BENCH ?=
 BENCH_ROUNDS ?= 3
 GITLAB_CI_LOCAL_VERSION = 4.60.0
 GITLAB_CI_LOCAL = bench/.tools/node_modules/.bin/gitlab-ci-local
+# A second, independent runner client for the coordinator's contract tests. gitlab-python-runner
+# 14.3.20 imports names that gitlab-emulator dropped after 1.4.0, so both are pinned.
+STATE_DIR ?= $(or $(HARNESS_STATE_DIR),/var/lib/dind-dood-harness)
+PYTHON_RUNNER_VENV = $(STATE_DIR)/tools/gitlab-python-runner
+PYTHON_RUNNER_PACKAGES = gitlab-python-runner==14.3.20 gitlab-emulator==1.4.0
 
-.PHONY: install engine images browser doctor test demo clean bench-tools bench
+.PHONY: install engine images browser python-runner doctor test demo clean bench-tools bench
 
 install:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[test]'
@@ -26,10 +31,15 @@ images: engine
 browser:
 	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
+# Its own virtual environment, so its old pins never meet the harness's dependencies.
+python-runner:
+	test -x $(PYTHON_RUNNER_VENV)/bin/gitlab-runner.py || { $(PYTHON) -m venv $(PYTHON_RUNNER_VENV) && \
+		$(PYTHON_RUNNER_VENV)/bin/pip install --quiet --disable-pip-version-check $(PYTHON_RUNNER_PACKAGES); }
+
 doctor: images
 	$(HARNESS) doctor
 
-test: images browser
+test: images browser python-runner
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 demo: images
