@@ -54,19 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.WARNING)
 
     selection = [name.strip() for name in args.only.split(",") if name.strip()]
-    unknown = [name for name in selection if name not in ALL_BENCHMARKS]
-    if unknown:
-        print(f"bench: error: --only {','.join(unknown)}: unknown benchmark; use {', '.join(ALL_BENCHMARKS)}",
-              file=sys.stderr)
-        return 2
-    for option, value in (("--rounds", args.rounds), ("--seed-rounds", args.seed_rounds)):
-        if value < 1:
-            print(f"bench: error: {option} {value}: invalid; give a whole number of at least 1", file=sys.stderr)
-            return 2
-    sizes = [size.strip() for size in args.seed_sizes.split(",") if size.strip()]
-    if not sizes or not all(size.isdigit() and int(size) > 0 for size in sizes):
-        print(f"bench: error: --seed-sizes {args.seed_sizes!r}: invalid; give whole megabytes such as 4,16,64",
-              file=sys.stderr)
+    problem = _invalid_argument(args, selection)
+    if problem:
+        print(f"bench: error: {problem}", file=sys.stderr)
         return 2
 
     from harness import cleanup, engine, labels
@@ -87,11 +77,34 @@ def main(argv: list[str] | None = None) -> int:
             cleanup.clean(client, session=labels.session_id())
     total = clock.total()
 
+    _write_results(client, args, selection, series, megabytes, clock, total)
+    print(f"logs in {work_dir}")
+    print(f"wall time of the benchmarks: {timing.wall_time_line(total)}")
+    return 0 if all(item.failures == 0 for item in series) else 1
+
+
+def _invalid_argument(args, selection: list[str]) -> str:
+    """Return the first invalid option with its value and the fix, or "" when all are valid."""
+    unknown = [name for name in selection if name not in ALL_BENCHMARKS]
+    if unknown:
+        return f"--only {','.join(unknown)}: unknown benchmark; use {', '.join(ALL_BENCHMARKS)}"
+    for option, value in (("--rounds", args.rounds), ("--seed-rounds", args.seed_rounds)):
+        if value < 1:
+            return f"{option} {value}: invalid; give a whole number of at least 1"
+    sizes = [size.strip() for size in args.seed_sizes.split(",") if size.strip()]
+    if not sizes or not all(size.isdigit() and int(size) > 0 for size in sizes):
+        return f"--seed-sizes {args.seed_sizes!r}: invalid; give whole megabytes such as 4,16,64"
+    return ""
+
+
+def _write_results(client, args, selection: list[str], series: list[Series], megabytes: dict[str, float],
+                   clock: timing.RunClock, total: float) -> None:
+    """Write results.md and results.png, and print the markdown page."""
     args.results.mkdir(parents=True, exist_ok=True)
     header = report.run_header(args, selection, client.version().get("Version", "?"))
     header["wall time"] = timing.wall_time_line(total)
-    header["load average"] = f"{timing.load_summary(clock.loads)} (1 minute, sampled every " \
-                             f"{timing.LOAD_SAMPLE_INTERVAL:.0f} s, on {os.cpu_count()} CPUs)"
+    header["load average"] = (f"{timing.load_summary(clock.loads)} (1 minute, sampled every "
+                              f"{timing.LOAD_SAMPLE_INTERVAL:.0f} s, on {os.cpu_count()} CPUs)")
     if "readiness" in selection:
         header["dind daemons"] = "; ".join(f"{tag}: {version}" for tag, version in
                                            readiness.daemon_versions(client).items())
@@ -99,9 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                                  timing.step_table(clock))
     report.write_chart(args.results / "results.png", series, megabytes)
     print(text)
-    print(f"written: {args.results / 'results.md'}, {args.results / 'results.png'}; logs in {work_dir}")
-    print(f"wall time of the benchmarks: {timing.wall_time_line(total)}")
-    return 0 if all(item.failures == 0 for item in series) else 1
+    print(f"written: {args.results / 'results.md'}, {args.results / 'results.png'}")
 
 
 def _run_selected(client, selection: list[str], args, work_dir: Path,

@@ -6,7 +6,7 @@ import os
 import statistics
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -24,6 +24,11 @@ class StepTime:
     loads: list[float] = field(default_factory=list)
 
 
+def one_minute_load() -> float:
+    """Return the machine's 1-minute load average."""
+    return os.getloadavg()[0]
+
+
 @dataclass
 class RunClock:
     """Wall-clock seconds of a whole run and of each benchmark in it, with load average samples."""
@@ -31,17 +36,29 @@ class RunClock:
     started: float = field(default_factory=time.monotonic)
     steps: dict[str, StepTime] = field(default_factory=dict)
     loads: list[float] = field(default_factory=list)
+    read_load: Callable[[], float] = one_minute_load
+
+    def sample_load(self) -> None:
+        """Append one reading of the load average to ``loads``."""
+        self.loads.append(self.read_load())
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
-        """Time the block as benchmark ``name`` and file the load samples taken meanwhile under it."""
+        """Time the block as benchmark ``name`` and file the load samples taken meanwhile under it.
+
+        The load is also read at the start and the end, so a step shorter than the sampling
+        interval still has samples.
+        """
         first_sample = len(self.loads)
+        self.sample_load()
         started = time.monotonic()
         try:
             yield
         finally:
+            seconds = time.monotonic() - started
+            self.sample_load()
             record = self.steps.setdefault(name, StepTime())
-            record.seconds += time.monotonic() - started
+            record.seconds += seconds
             record.loads += self.loads[first_sample:]
 
     def total(self) -> float:
@@ -68,7 +85,7 @@ class LoadSampler:
 
     def _sample(self) -> None:
         while True:
-            self._clock.loads.append(os.getloadavg()[0])
+            self._clock.sample_load()
             if self._stop.wait(self._interval):
                 return
 

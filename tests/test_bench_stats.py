@@ -100,16 +100,18 @@ def test_bench_command_rejects_invalid_sizes(capsys):
 def test_run_clock_adds_up_repeated_step(monkeypatch):
     now = iter([100.0, 110.0, 200.0, 205.0])
     monkeypatch.setattr("bench.timing.time.monotonic", lambda: next(now))
-    clock = RunClock(started=0.0)
+    readings = iter([1.0, 2.0, 4.0, 5.0])
+    clock = RunClock(started=0.0, read_load=lambda: next(readings))
 
     with clock.step("seed"):
-        clock.loads.append(3.0)
+        pass
     clock.loads.append(9.0)
     with clock.step("seed"):
-        clock.loads.append(5.0)
+        clock.loads.append(3.0)
 
     assert clock.steps["seed"].seconds == 15.0
-    assert clock.steps["seed"].loads == [3.0, 5.0]
+    assert clock.steps["seed"].loads == [1.0, 2.0, 4.0, 3.0, 5.0]
+    assert clock.loads == [1.0, 2.0, 9.0, 4.0, 3.0, 5.0]
 
 
 def test_run_clock_times_failing_step():
