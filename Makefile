@@ -8,6 +8,10 @@ HARNESS = $(PYTHON) -m harness.cli
 # `make bench BENCH=suite` picks benchmarks (comma-separated); empty runs the default set.
 BENCH ?=
 BENCH_ROUNDS ?= 3
+# A seed run takes 1 to 3 minutes, so one round of each mode keeps `make bench` within 15 minutes.
+BENCH_SEED_ROUNDS ?= 1
+# sandbox or local: local is faster, but only safe on an engine that no other process uses.
+BENCH_SEED_HOST ?= sandbox
 GITLAB_CI_LOCAL_VERSION = 4.60.0
 GITLAB_CI_LOCAL = bench/.tools/node_modules/.bin/gitlab-ci-local
 # A second, independent runner client for the coordinator's contract tests. gitlab-python-runner
@@ -57,4 +61,5 @@ bench-tools:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check 'matplotlib>=3.7' 'pyinstrument>=4.6'
 
 bench: images bench-tools
-	$(PYTHON) -m bench --rounds $(BENCH_ROUNDS) $(if $(BENCH),--only $(BENCH))
+	$(PYTHON) -m bench --rounds $(BENCH_ROUNDS) --seed-rounds $(BENCH_SEED_ROUNDS) \
+	  --seed-host-engine $(BENCH_SEED_HOST) $(if $(BENCH),--only $(BENCH))

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
 
 import docker.errors
 
-from bench import dind_job, pipelines_bench, readiness, report, seeding
+from bench import dind_job, pipelines_bench, readiness, report, seeding, timing
 from bench.rounds import RoundFailed, run_rounds
 from bench.stats import Comparison, Series
 from harness.errors import HarnessError
@@ -27,6 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
     """Build the parser of the benchmark command."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--rounds", type=int, default=3, help="rounds per benchmark (default 3)")
+    parser.add_argument("--seed-rounds", type=int, default=1,
+                        help="rounds of the seed benchmark, whose runs take 1 to 3 minutes each "
+                             "(default 1, while the other benchmarks use --rounds)")
+    parser.add_argument("--seed-host-engine", choices=["sandbox", "local"], default="sandbox",
+                        help="host engine of the seed runs: a sandbox engine as the CLI's default "
+                             "(default), or the real engine, where the DooD run's teardown removes "
+                             "unlabelled containers and images that other processes create meanwhile")
     parser.add_argument("--only", default=",".join(DEFAULT_SELECTION),
                         help=f"comma-separated benchmarks out of {', '.join(ALL_BENCHMARKS)} "
                              f"(default: {','.join(DEFAULT_SELECTION)}; suite takes 20+ minutes per round)")
@@ -46,15 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.WARNING)
 
     selection = [name.strip() for name in args.only.split(",") if name.strip()]
-    unknown = [name for name in selection if name not in ALL_BENCHMARKS]
-    if unknown or args.rounds < 1:
-        print(f"bench: error: --only {','.join(unknown)}: unknown benchmark; use {', '.join(ALL_BENCHMARKS)}"
-              if unknown else "bench: error: --rounds must be at least 1", file=sys.stderr)
-        return 2
-    sizes = [size.strip() for size in args.seed_sizes.split(",") if size.strip()]
-    if not sizes or not all(size.isdigit() and int(size) > 0 for size in sizes):
-        print(f"bench: error: --seed-sizes {args.seed_sizes!r}: invalid; give whole megabytes such as 4,16,64",
-              file=sys.stderr)
+    problem = _invalid_argument(args, selection)
+    if problem:
+        print(f"bench: error: {problem}", file=sys.stderr)
         return 2
 
     from harness import cleanup, engine, labels
@@ -67,46 +69,80 @@ def main(argv: list[str] | None = None) -> int:
 
     work_dir = BENCH_DIR / ".work" / "logs"
     work_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        series, megabytes = _run_selected(client, selection, args, work_dir)
-    finally:
-        cleanup.clean(client, session=labels.session_id())
+    clock = timing.RunClock()
+    with timing.LoadSampler(clock):
+        try:
+            series, megabytes = _run_selected(client, selection, args, work_dir, clock)
+        finally:
+            cleanup.clean(client, session=labels.session_id())
+    total = clock.total()
 
-    args.results.mkdir(parents=True, exist_ok=True)
-    header = report.run_header(args.rounds, selection, client.version().get("Version", "?"))
-    if "readiness" in selection:
-        header["dind daemons"] = "; ".join(f"{tag}: {version}" for tag, version in
-                                           readiness.daemon_versions(client).items())
-    text = report.write_markdown(args.results / "results.md", series, comparisons(series), header, megabytes)
-    report.write_chart(args.results / "results.png", series, megabytes)
-    print(text)
-    print(f"written: {args.results / 'results.md'}, {args.results / 'results.png'}; logs in {work_dir}")
+    _write_results(client, args, selection, series, megabytes, clock, total)
+    print(f"logs in {work_dir}")
+    print(f"wall time of the benchmarks: {timing.wall_time_line(total)}")
     return 0 if all(item.failures == 0 for item in series) else 1
 
 
-def _run_selected(client, selection: list[str], args, work_dir: Path) -> tuple[list[Series], dict[str, float]]:
+def _invalid_argument(args, selection: list[str]) -> str:
+    """Return the first invalid option with its value and the fix, or "" when all are valid."""
+    unknown = [name for name in selection if name not in ALL_BENCHMARKS]
+    if unknown:
+        return f"--only {','.join(unknown)}: unknown benchmark; use {', '.join(ALL_BENCHMARKS)}"
+    for option, value in (("--rounds", args.rounds), ("--seed-rounds", args.seed_rounds)):
+        if value < 1:
+            return f"{option} {value}: invalid; give a whole number of at least 1"
+    sizes = [size.strip() for size in args.seed_sizes.split(",") if size.strip()]
+    if not sizes or not all(size.isdigit() and int(size) > 0 for size in sizes):
+        return f"--seed-sizes {args.seed_sizes!r}: invalid; give whole megabytes such as 4,16,64"
+    return ""
+
+
+def _write_results(client, args, selection: list[str], series: list[Series], megabytes: dict[str, float],
+                   clock: timing.RunClock, total: float) -> None:
+    """Write results.md and results.png, and print the markdown page."""
+    args.results.mkdir(parents=True, exist_ok=True)
+    header = report.run_header(args, selection, client.version().get("Version", "?"))
+    header["wall time"] = timing.wall_time_line(total)
+    header["load average"] = (f"{timing.load_summary(clock.loads)} (1 minute, sampled every "
+                              f"{timing.LOAD_SAMPLE_INTERVAL:.0f} s, on {os.cpu_count()} CPUs)")
+    if "readiness" in selection:
+        header["dind daemons"] = "; ".join(f"{tag}: {version}" for tag, version in
+                                           readiness.daemon_versions(client).items())
+    text = report.write_markdown(args.results / "results.md", series, comparisons(series), header, megabytes,
+                                 timing.step_table(clock))
+    report.write_chart(args.results / "results.png", series, megabytes)
+    print(text)
+    print(f"written: {args.results / 'results.md'}, {args.results / 'results.png'}")
+
+
+def _run_selected(client, selection: list[str], args, work_dir: Path,
+                  clock: timing.RunClock) -> tuple[list[Series], dict[str, float]]:
     series: list[Series] = []
     megabytes: dict[str, float] = {}
     steps = {
         "dind-job": lambda: run_rounds("dind-job", dind_job.contenders(work_dir), args.rounds),
         "readiness": lambda: run_rounds("dind readiness", readiness.contenders(client), args.rounds),
-        "seed": lambda: run_rounds("seed", pipelines_bench.seed_contenders(work_dir), args.rounds),
+        "seed": lambda: run_rounds("seed", pipelines_bench.seed_contenders(work_dir, args.seed_host_engine),
+                                  args.seed_rounds),
         "suite": lambda: run_rounds("suite", pipelines_bench.suite_contenders(work_dir), args.rounds),
     }
     for name in selection:
         # One benchmark's crash (an image that another process removed, say) must not lose the
         # results of the others, so it is logged and reported as a failed series.
         try:
-            if name == "seeding":
-                result = seeding.run(client, [int(size) for size in args.seed_sizes.split(",") if size.strip()],
-                                     args.rounds)
-                series += result.series
-                megabytes = result.megabytes
-            else:
-                series += steps[name]()
+            with clock.step(name):
+                if name == "seeding":
+                    result = seeding.run(client, [int(size) for size in args.seed_sizes.split(",") if size.strip()],
+                                         args.rounds)
+                    series += result.series
+                    megabytes = result.megabytes
+                else:
+                    series += steps[name]()
         except (docker.errors.DockerException, HarnessError, RoundFailed, OSError) as error:
             log.error("benchmark %s failed: %s", name, error)
             series.append(Series(name, "crashed", failures=1))
+        log.info("benchmark %s finished in %.1f min, %.1f min into the run",
+                 name, clock.steps[name].seconds / 60, clock.total() / 60)
     return series, megabytes
 
 

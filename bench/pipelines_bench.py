@@ -9,13 +9,17 @@ from bench.dind_job import REPO_DIR, local_engine_env
 from bench.rounds import Contender, timed_command
 
 
-def seed_contenders(work_dir: Path) -> dict[str, Contender]:
-    """Return one contender per seed mode, each a whole `harness run seed --mode MODE`."""
+def seed_contenders(work_dir: Path, host_engine: str = "sandbox") -> dict[str, Contender]:
+    """Return one contender per seed mode, each a whole `harness run seed --mode MODE` on ``host_engine``.
+
+    Both modes run on the same host engine, so their ratio compares the modes and not the hosts.
+    """
     env = local_engine_env()
 
     def mode_runner(mode: str) -> Contender:
         def one_round(round_index: int) -> float:
-            return timed_command([sys.executable, "-m", "harness.cli", "run", "seed", "--mode", mode],
+            return timed_command([sys.executable, "-m", "harness.cli", "run", "seed", "--mode", mode,
+                                  f"--host-engine={host_engine}"],
                                  work_dir / f"seed-{mode}-{round_index}.log", cwd=REPO_DIR, env=env)
         return one_round
 

@@ -36,25 +36,28 @@ def _size_of(item: Series, megabytes: dict[str, float]) -> float | None:
 
 
 def write_markdown(path: Path, series: list[Series], comparisons: list[Comparison], header: dict[str, str],
-                   megabytes: dict[str, float]) -> str:
+                   megabytes: dict[str, float], step_table: str = "") -> str:
     """Write the results page and return its text."""
     facts = "\n".join(f"- {key}: {value}" for key, value in header.items())
     parts = [f"# Benchmark results\n\n{facts}\n", "## Ratios\n", ratio_table(series, comparisons) + "\n",
              "## Medians\n", median_table(series) + "\n"]
     if megabytes:
         parts += ["## Seeding cost against image size\n", growth_table(series, megabytes) + "\n"]
+    if step_table:
+        parts += ["## Wall time per benchmark\n", step_table + "\n"]
     text = "\n".join(parts)
     path.write_text(text)
     return text
 
 
-def run_header(rounds: int, selection: list[str], engine_version: str) -> dict[str, str]:
+def run_header(args, selection: list[str], engine_version: str) -> dict[str, str]:
     """Return the facts a results page starts with: when, where and how it was measured."""
     return {
         "date (UTC)": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "machine": f"{platform.machine()}, {_cpu_count()} CPUs, Python {platform.python_version()}",
         "engine": f"Docker {engine_version}",
-        "rounds": str(rounds),
+        "rounds": f"{args.rounds}, the seed benchmark {args.seed_rounds}",
+        "seed host engine": args.seed_host_engine,
         "benchmarks": ", ".join(selection),
         "command": "make bench (bench/__main__.py)",
     }

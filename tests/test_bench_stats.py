@@ -1,10 +1,13 @@
 """Medians, ratios and tables of the benchmark report (pure formatting, no engine)."""
 
+import time
+
 import pytest
 
 from bench.__main__ import comparisons, main
 from bench.report import growth_table
 from bench.stats import Comparison, Series, linear_fit, median_table, ratio, ratio_table
+from bench.timing import LoadSampler, RunClock, StepTime, load_summary, step_table, wall_time_line
 
 
 def test_series_median_odd_and_even():
@@ -83,11 +86,74 @@ def test_bench_command_rejects_unknown_benchmark(capsys):
     assert "--only nonsense: unknown benchmark" in capsys.readouterr().err
 
 
-def test_bench_command_rejects_zero_rounds(capsys):
-    assert main(["--rounds", "0"]) == 2
-    assert "--rounds must be at least 1" in capsys.readouterr().err
+@pytest.mark.parametrize("option", ["--rounds", "--seed-rounds"])
+def test_bench_command_rejects_zero_rounds(capsys, option):
+    assert main([option, "0"]) == 2
+    assert f"{option} 0: invalid; give a whole number of at least 1" in capsys.readouterr().err
 
 
 def test_bench_command_rejects_invalid_sizes(capsys):
     assert main(["--seed-sizes", "4,big"]) == 2
     assert "--seed-sizes '4,big': invalid" in capsys.readouterr().err
+
+
+def test_run_clock_adds_up_repeated_step(monkeypatch):
+    now = iter([100.0, 110.0, 200.0, 205.0])
+    monkeypatch.setattr("bench.timing.time.monotonic", lambda: next(now))
+    readings = iter([1.0, 2.0, 4.0, 5.0])
+    clock = RunClock(started=0.0, read_load=lambda: next(readings))
+
+    with clock.step("seed"):
+        pass
+    clock.loads.append(9.0)
+    with clock.step("seed"):
+        clock.loads.append(3.0)
+
+    assert clock.steps["seed"].seconds == 15.0
+    assert clock.steps["seed"].loads == [1.0, 2.0, 4.0, 3.0, 5.0]
+    assert clock.loads == [1.0, 2.0, 9.0, 4.0, 3.0, 5.0]
+
+
+def test_run_clock_times_failing_step():
+    clock = RunClock()
+
+    with pytest.raises(RuntimeError):
+        with clock.step("dind-job"):
+            raise RuntimeError("round crashed")
+
+    assert "dind-job" in clock.steps
+    assert clock.steps["dind-job"].seconds >= 0.0
+
+
+@pytest.mark.parametrize(("seconds", "expected"), [
+    (600.0, "10.0 min, within the 15-minute limit"),
+    (900.0, "15.0 min, within the 15-minute limit"),
+    (903.0, "15.1 min, over the 15-minute limit"),
+])
+def test_wall_time_line_against_limit(seconds, expected):
+    assert wall_time_line(seconds) == expected
+
+
+def test_step_table_rows_in_minutes():
+    clock = RunClock(steps={"readiness": StepTime(90.0, [1.0, 4.0, 2.0]), "seed": StepTime(330.0)})
+    rows = step_table(clock).splitlines()
+
+    assert rows[2] == "| readiness | 1.5 | min 1.0, median 2.0, max 4.0 |"
+    assert rows[3] == "| seed | 5.5 | not sampled |"
+
+
+def test_load_summary_without_samples():
+    assert load_summary([]) == "not sampled"
+
+
+def test_load_sampler_samples_until_exit():
+    clock = RunClock()
+
+    with LoadSampler(clock, interval=0.01):
+        time.sleep(0.1)
+    count = len(clock.loads)
+    time.sleep(0.05)
+
+    assert count >= 2
+    assert len(clock.loads) == count
+    assert all(load >= 0.0 for load in clock.loads)
