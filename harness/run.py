@@ -495,16 +495,27 @@ class _Session:
             log.info("removed host path %s that a job created", path)
 
     def _remove_host_leftovers(self, baseline: placement_module.Snapshot, final: placement_module.Snapshot) -> None:
-        known = {c.name for c in baseline.containers}
-        for record in final.containers:
-            if record.name not in known and not _is_managed(self.client, record.id):
-                _ignore_missing(lambda: self.client.containers.get(record.id).remove(force=True, v=True))
-                log.info("removed container %s that a job left on the host engine", record.name)
-        for image in set(final.images) - set(baseline.images):
-            if _is_stand_in(self.client, image):
-                continue
-            _ignore_missing(lambda: self.client.images.remove(image, force=True))
-            log.info("removed image %s that a job built on the host engine", image)
+        remove_host_leftovers(self.client, baseline, final)
+
+
+def remove_host_leftovers(client, baseline: placement_module.Snapshot, final: placement_module.Snapshot) -> None:
+    """Remove the unlabelled containers and the images that appeared on the host engine between two snapshots.
+
+    Stand-ins and the push tags of harness registries stay: a push tag can belong to another
+    session's push that is still running on the same engine.
+    """
+    known = {c.name for c in baseline.containers}
+    for record in final.containers:
+        if record.name not in known and not _is_managed(client, record.id):
+            _ignore_missing(lambda: client.containers.get(record.id).remove(force=True, v=True))
+            log.info("removed container %s that a job left on the host engine", record.name)
+
+    registries = _registry_addresses(client)
+    for image in set(final.images) - set(baseline.images):
+        if _is_stand_in(client, image) or image.split("/", 1)[0] in registries:
+            continue
+        _ignore_missing(lambda: client.images.remove(image, force=True))
+        log.info("removed image %s that a job built on the host engine", image)
 
 
 def _mounts_host_socket(config: RunnerConfig) -> bool:
@@ -556,6 +567,21 @@ def _should_run(job: CompiledJob, failed: bool) -> bool:
     if job.when == "on_failure":
         return failed
     return not failed
+
+
+def _registry_addresses(client) -> set[str]:
+    """Return the addresses of every harness registry and mirror on the engine, of any session.
+
+    A registry push first tags the image with the registry's address on the engine. On a shared
+    local host, another session's push tag can appear during a DooD run, and removing it would
+    fail that push.
+    """
+    from harness import labels
+
+    summaries = client.api.containers(filters={"label": [f"{labels.MANAGED}=true", f"{labels.TYPE}=registry"]})
+    return {network.get("IPAddress") for summary in summaries
+            for network in ((summary.get("NetworkSettings") or {}).get("Networks") or {}).values()
+            if network.get("IPAddress")}
 
 
 def _is_stand_in(client, reference: str) -> bool:

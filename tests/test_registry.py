@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import io
 import ssl
 import tarfile
+import secrets
 import time
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from cryptography import x509
 
 from harness import labels, locks
 from harness.errors import RegistryError
+from harness.placement import HOST, Snapshot
 from harness.registry import Mirror, Registry, hub_repository, session_dir, validate_hostname
 from harness.registry_trust import (
     HOST_CERTS_DIR,
@@ -28,6 +31,7 @@ from harness.registry_trust import (
     add_hosts_block,
     remove_hosts_blocks,
 )
+from harness.run import remove_host_leftovers
 
 SEED_HOST = "registry.cn-beijing.aliyuncs.com"
 DIND_IMAGE = "docker:19.03.7-dind"
@@ -496,3 +500,30 @@ def test_interrupted_start_leaves_nothing(role, monkeypatch):
             assert _host_trust_of(registry.name) == [], step
     finally:
         client.close()
+
+
+def test_dood_teardown_keeps_push_tags(engine_client):
+    """A DooD run's teardown on a shared engine keeps another session's registry push tag."""
+    token = secrets.token_hex(4)
+    image = engine_client.images.get("busybox:latest")
+    with Registry(engine_client).with_hostnames([f"teardown-{token}.harness.invalid"]) as registry:
+        push_tag, job_tag = f"{registry.ip}/library/busybox:push-{token}", f"harness-test/job-left:{token}"
+        image.tag(push_tag)
+        image.tag(job_tag)
+        baseline = Snapshot(HOST, "before")
+        # Only the two tags made here, so the teardown cannot touch anything else on the engine.
+        final = Snapshot(HOST, "teardown", images=[push_tag, job_tag])
+        try:
+            remove_host_leftovers(engine_client, baseline, final)
+
+            # Catches a teardown that removes the tag of a push in progress, which fails that push.
+            assert push_tag in _tags(engine_client)
+            assert job_tag not in _tags(engine_client)
+        finally:
+            for tag in (push_tag, job_tag):
+                with contextlib.suppress(docker.errors.ImageNotFound):
+                    engine_client.images.remove(tag)
+
+
+def _tags(client) -> set[str]:
+    return {tag for image in client.images.list() for tag in image.tags}
