@@ -75,8 +75,8 @@ class Coordinator:
         # Requests served per endpoint, such as ``POST /jobs/request``: proof of who talked to it.
         self.requests: collections.Counter[str] = collections.Counter()
         self.requests_lock = threading.Lock()
-        # time.monotonic() of the last job request with a valid runner token; None before the first.
-        self.last_job_request: float | None = None
+        # time.monotonic() of the last request to a runner endpoint (``/api/v4/jobs/...``); None before the first.
+        self.last_runner_request: float | None = None
 
     @property
     def url(self) -> str:
@@ -148,6 +148,8 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         with self.coordinator.requests_lock:
             self.coordinator.requests[f"{method} {_endpoint(path)}"] += 1
+        if path.startswith(f"{API}/jobs"):
+            self.coordinator.last_runner_request = time.monotonic()
         try:
             if ".git/" in path:
                 self._git(method, path, url.query, body)
@@ -211,7 +213,6 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(403, {"message": "403 Forbidden"})
             return
 
-        self.coordinator.last_job_request = time.monotonic()
         state = self.coordinator.queue.next_pending()
         if state is None:
             self._send(204, headers={"X-GitLab-Last-Update": str(len(self.coordinator.queue.states))})

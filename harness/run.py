@@ -54,7 +54,8 @@ MAX_PIPELINE_ID = 2_000_000
 _ACCESS_LINE = re.compile(r'"(GET|HEAD|PUT|POST|PATCH|DELETE) (/v2/\S*) HTTP/[\d.]+" (\d{3})')
 # Seconds between two reads of the pipeline's status while it runs.
 WAIT_INTERVAL = 0.5
-# A pipeline with pending jobs fails the run when no runner requested a job for this many seconds.
+# A pipeline with pending jobs and none running fails the run when no runner called the job API
+# for this many seconds.
 JOB_REQUEST_TIMEOUT = 180
 
 
@@ -564,11 +565,15 @@ def _abort(queue: PipelineQueue) -> None:
 
 
 def _check_runner_polls(coordinator: Coordinator, queue: PipelineQueue, started: float) -> None:
-    """Raise when jobs are pending and no runner asked for a job for ``JOB_REQUEST_TIMEOUT`` seconds."""
+    """Raise when jobs wait, none runs, and no runner called the job API for ``JOB_REQUEST_TIMEOUT`` seconds.
+
+    A running job keeps a runner with one slot from polling, so only an idle pipeline counts.
+    """
     with queue.lock:
-        pending = any(state.status == "pending" for state in queue.states.values())
-    last = coordinator.last_job_request or started
-    if pending and time.monotonic() - last > JOB_REQUEST_TIMEOUT:
+        statuses = [state.status for state in queue.states.values()]
+    waiting = "pending" in statuses and "running" not in statuses
+    last = coordinator.last_runner_request or started
+    if waiting and time.monotonic() - last > JOB_REQUEST_TIMEOUT:
         raise RunnerStopped(f"no runner requested a job from {coordinator.url} for {JOB_REQUEST_TIMEOUT} s "
                             "while jobs were pending; the runner's log above says why")
 

@@ -251,6 +251,35 @@ class TestLoop:
         assert SECRET not in json.dumps(state.report)
 
 
+class TestIdleRunner:
+    def test_silent_runner_with_pending_job_raises(self, served):
+        from harness.run import _check_runner_polls
+        from harness.runner import RunnerStopped
+
+        long_ago = time.monotonic() - 10_000
+        served.coordinator.last_runner_request = long_ago
+
+        with pytest.raises(RunnerStopped, match="no runner requested a job from"):
+            _check_runner_polls(served.coordinator, served.queue, long_ago)
+
+    def test_running_job_keeps_run_waiting(self, served):
+        from harness.run import _check_runner_polls
+
+        _take_job(served)
+        long_ago = time.monotonic() - 10_000
+        served.coordinator.last_runner_request = long_ago
+
+        _check_runner_polls(served.coordinator, served.queue, long_ago)
+
+    def test_recent_request_keeps_run_waiting(self, served):
+        from harness.run import _check_runner_polls
+
+        served.api.request_job()
+        served.queue.states[91001].status = "pending"
+
+        _check_runner_polls(served.coordinator, served.queue, time.monotonic() - 10_000)
+
+
 def _never_called(payload, trace, concurrent_id):
     raise AssertionError("no job should run")
 
