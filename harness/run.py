@@ -328,7 +328,9 @@ class _Session:
         reader = PipelineReader(coordinator.url, coordinator.api_token, project.id)
         reader.create(next(iter(queue.states.values())).job.payload["git_info"]["ref"])
         started = time.monotonic()
+        announced: set[int] = set()
         while reader.status() not in FINISHED_PIPELINE:
+            self._log_started_jobs(queue, announced)
             if self.report_errors:
                 raise self.report_errors[0]
             if not self.host.responds():
@@ -340,6 +342,15 @@ class _Session:
         if self.report_errors:
             raise self.report_errors[0]
         return reader.jobs()
+
+    def _log_started_jobs(self, queue: PipelineQueue, announced: set[int]) -> None:
+        """Log each job that a runner took since the last call, once."""
+        with queue.lock:
+            running = [state.job for state in queue.states.values()
+                       if state.status != "created" and state.started_at is not None and state.job.id not in announced]
+        for job in running:
+            announced.add(job.id)
+            log.info("job %s (stage %s) starting in %s mode", job.name, job.stage, self.mode)
 
     def _job_finished(self, state: JobState, snapshots) -> None:
         """Add the job's snapshots, and the host's right after it, before its runner gets the next job.
