@@ -2,9 +2,10 @@
 
 First every input file is read and every image is checked, so nothing is created when one is
 invalid. Then the project is committed and the registry started (in DinD also the pull mirror),
-and both are wired into the runner config the way a runner admin would do it. The runner
-container then runs the jobs stage by stage, with a host snapshot after each job. At the end
-everything the run created is torn down again.
+and both are wired into the runner config the way a runner admin would do it. The compiled
+pipeline is served by the run's GitLab coordinator, and the runner container takes the jobs from
+it stage by stage over the job API, with a host snapshot after each job. The results are read
+back through python-gitlab. At the end everything the run created is torn down again.
 """
 
 from __future__ import annotations

@@ -30,9 +30,17 @@ def require_image(client: docker.DockerClient, image: str) -> None:
     """Check that ``image`` exists on the engine behind ``client``; only lists images.
 
     Raises:
-        InputError: the image is missing; nothing can be pulled here, so the fix is to load it.
+        InputError: the reference is invalid, or the image is missing. Nothing can be pulled
+            here, so the fix is to load it.
     """
-    if not image_exists(client, image):
+    try:
+        exists = image_exists(client, image)
+    except docker.errors.APIError as error:
+        if error.status_code != 400:
+            raise
+        raise InputError("command line", "--runner-image", f'invalid image reference "{image}"',
+                         "write NAME[:TAG] in lower case, such as gitlab/gitlab-runner:v18.6.0") from None
+    if not exists:
         raise InputError("command line", "--runner-image", f'image "{image}" does not exist on the engine '
                          "and cannot be pulled here",
                          f"load it first (`docker save {image}` where it can be pulled, "

@@ -91,6 +91,16 @@ def test_missing_image_rejected_before_run(engine_client) -> None:
 
 
 @pytest.mark.engine
+def test_invalid_image_reference_rejected(engine_client) -> None:
+    scenario = load_scenario(SEED)
+
+    with pytest.raises(InputError) as raised:
+        check_inputs(engine_client, scenario, "dind", RunOptions(runner_image="GitLab/Runner:Latest"))
+
+    assert str(raised.value).startswith('command line: --runner-image: invalid image reference "GitLab/Runner:Latest"')
+
+
+@pytest.mark.engine
 @pytest.mark.images
 def test_missing_image_cli_creates_nothing(engine_client) -> None:
     before = EngineState.capture(engine_client)
