@@ -150,7 +150,8 @@ def _run_modes(args: argparse.Namespace) -> list:
     options = run.RunOptions(in_process=args.debug_in_process, branch=args.branch,
                              variables=_parse_variables(args.var, False) + _parse_variables(args.masked_var, True),
                              jobs=tuple(getattr(args, "job", ())),
-                             runner_version=_runner_version(getattr(args, "runner_version", None)))
+                             runner_version=_runner_version(getattr(args, "runner_version", None)),
+                             runner_image=getattr(args, "runner_image", None))
     client = engine.require_engine()
 
     # Every mode's inputs are checked first, so a mistake in the last mode is reported before the
@@ -359,6 +360,9 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runner-version", metavar="VERSION",
                         help="GitLab Runner version whose docker executor to imitate, such as 15.11.0 for "
                              "a container per stage or 18.6.0 for --link (default: the current runner)")
+    parser.add_argument("--runner-image", metavar="IMAGE",
+                        help="run the jobs with this GitLab Runner image (such as gitlab/gitlab-runner:v18.6.0) "
+                             "through `run-single` instead of the harness's runner; it must exist locally")
     own = parser.add_argument_group("your own pipeline (instead of a scenario)")
     own.add_argument("--pipeline", action="append", default=[], metavar="[MODE=]PATH",
                      help="your .gitlab-ci.yml; MODE=PATH gives one per mode (dind, dood)")
@@ -377,8 +381,18 @@ def _add_host_argument(parser: argparse.ArgumentParser) -> None:
                              "container (default), or the real engine, which DooD jobs can then change")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the ``harness`` command; return its exit code (2 for invalid input, 1 for failures)."""
+def main(argv: list[str] | None = None, *, sweep_session: bool | None = None) -> int:
+    """Run the ``harness`` command; return its exit code (2 for invalid input, 1 for failures).
+
+    With ``sweep_session``, the end of the command removes every resource that carries this
+    process's session label, including what an interrupted teardown left. That is right only
+    when the command owns the process. When None, the sweep runs when ``argv`` is None, that
+    is when main runs as the program (console script or ``python -m harness.cli``). A caller
+    that passes ``argv``, such as a test in a pytest worker, shares the session label with its
+    own sandbox and networks, so the sweep would remove them.
+    """
+    if sweep_session is None:
+        sweep_session = argv is None
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -392,12 +406,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"harness: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
-        _remove_session_leftovers()
+        if sweep_session:
+            _remove_session_leftovers()
         print("harness: interrupted; what this run created has been removed", file=sys.stderr)
         # The shell convention: 128 plus the signal number (130 for SIGINT, 143 for SIGTERM).
         return 128 + (_interrupted_by[0] if _interrupted_by else signal.SIGINT)
     finally:
-        _remove_session_leftovers()
+        if sweep_session:
+            _remove_session_leftovers()
 
 
 _interrupted_by: list[int] = []

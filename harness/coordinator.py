@@ -23,11 +23,13 @@ bridge that the runner container uses, so containers reach it and other hosts do
 from __future__ import annotations
 
 import base64
+import collections
 import json
 import logging
 import re
 import secrets
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -70,6 +72,11 @@ class Coordinator:
         self.server.daemon_threads = True
         self.server.coordinator = self
         self.thread: threading.Thread | None = None
+        # Requests served per endpoint, such as ``POST /jobs/request``: proof of who talked to it.
+        self.requests: collections.Counter[str] = collections.Counter()
+        self.requests_lock = threading.Lock()
+        # time.monotonic() of the last request to a runner endpoint (``/api/v4/jobs/...``); None before the first.
+        self.last_runner_request: float | None = None
 
     @property
     def url(self) -> str:
@@ -139,6 +146,10 @@ class _Handler(BaseHTTPRequestHandler):
         url = urllib.parse.urlsplit(self.path)
         path = url.path
         body = self._read_body()
+        with self.coordinator.requests_lock:
+            self.coordinator.requests[f"{method} {_endpoint(path)}"] += 1
+        if path.startswith(f"{API}/jobs"):
+            self.coordinator.last_runner_request = time.monotonic()
         try:
             if ".git/" in path:
                 self._git(method, path, url.query, body)
@@ -346,6 +357,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(reply.status, reply.body, "text/plain; charset=utf-8")
         else:
             self._send_json(reply.status, reply.body)
+
+
+def _endpoint(path: str) -> str:
+    """Return ``path`` with job ids replaced by ``:id`` and git paths reduced to ``git``."""
+    if ".git/" in path:
+        return "git"
+    return re.sub(r"/\d+(?=/|$)", "/:id", path.removeprefix(API))
 
 
 def _json_or_none(body: bytes) -> dict | None:

@@ -104,6 +104,19 @@ class PipelineQueue:
         with self.lock:
             self._open_next_stage()
 
+    def abort(self) -> list[JobState]:
+        """Cancel every job that has not finished (created, pending or running); return them.
+
+        A runner that still works on a canceled job gets 403 with ``Job-Status: canceled`` on its
+        next trace or state update, and no job is handed out any more.
+        """
+        with self.lock:
+            canceled = [state for state in self.states.values() if state.status not in FINISHED]
+            for state in canceled:
+                state.status = "canceled"
+                state.finished_at = time.time()
+        return canceled
+
     def status(self) -> str:
         """Return the pipeline status as GitLab computes it from its jobs."""
         with self.lock:
@@ -116,6 +129,8 @@ class PipelineQueue:
                 return "running" if any(s in FINISHED for s in statuses) else "pending"
             if self._failed():
                 return "failed"
+            if "canceled" in statuses:
+                return "canceled"
             return "success" if any(status == "success" for status in statuses) else "skipped"
 
     def _failed(self) -> bool:

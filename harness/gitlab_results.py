@@ -49,6 +49,11 @@ class PipelineReader:
         log.info("pipeline %s created for %s at %s", self.pipeline.id, ref, self.gitlab.url)
         return self.pipeline.id
 
+    def status(self) -> str:
+        """Read the pipeline again (``GET /projects/:id/pipelines/:id``); return its status."""
+        self.pipeline.refresh()
+        return self.pipeline.status
+
     def wait(self, timeout: float, interval: float = 1.0) -> str:
         """Poll the pipeline until it has finished; return its final status.
 

@@ -104,6 +104,19 @@ class HostEngine:
         except (docker.errors.DockerException, requests.exceptions.RequestException, OSError):
             return False
 
+    def coordinator_address(self) -> str:
+        """Return the address of this machine that a runner container on this host reaches.
+
+        For a sandbox it is the gateway of the infrastructure network, which is this machine's
+        end of the bridge the sandbox container sits on. For ``local`` it is the gateway of the
+        default bridge, where runner containers start. Only the engine's network list is read.
+
+        Raises:
+            EngineError: the network has no IPv4 gateway, so no runner could reach a server here.
+        """
+        name = self.network if self.sandbox else "bridge"
+        return network_gateway(self.real_client, name)
+
     def list_path(self, path: str) -> list[str] | None:
         """Return the file names in the host directory ``path``, or None when it is no directory."""
         if self.sandbox:
@@ -171,7 +184,9 @@ def _create_infrastructure_network(client: docker.DockerClient):
     candidates = list(ipaddress.ip_network(INFRASTRUCTURE_SUBNETS).subnets(new_prefix=24))
     random.shuffle(candidates)
     for subnet in candidates[:20]:
-        ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=str(subnet))])
+        # The gateway is set, not left to dockerd, because the coordinator binds to it.
+        pool = docker.types.IPAMPool(subnet=str(subnet), gateway=str(next(subnet.hosts())))
+        ipam = docker.types.IPAMConfig(pool_configs=[pool])
         try:
             network = client.networks.create(name, driver="bridge", ipam=ipam,
                                              labels=labels.managed_labels("infrastructure"))
@@ -184,6 +199,25 @@ def _create_infrastructure_network(client: docker.DockerClient):
         return network
     raise EngineError(f"no free /24 in {INFRASTRUCTURE_SUBNETS} for network {name}",
                       "remove networks of dead sessions with `harness clean`")
+
+
+def network_gateway(client: docker.DockerClient, name: str) -> str:
+    """Return the IPv4 gateway of the network ``name``, this machine's address on that bridge.
+
+    Raises:
+        EngineError: the network does not exist or has no IPv4 gateway.
+    """
+    try:
+        configs = client.networks.get(name).attrs.get("IPAM", {}).get("Config") or []
+    except docker.errors.NotFound:
+        raise EngineError(f"network {name} not found, so the coordinator has no address on it",
+                          "remove networks of dead sessions with `harness clean` and run again") from None
+    for config in configs:
+        gateway = config.get("Gateway", "")
+        if gateway and ipaddress.ip_address(gateway).version == 4:
+            return gateway
+    raise EngineError(f"network {name} has no IPv4 gateway, so runner containers cannot reach the coordinator",
+                      "give the network an IPv4 subnet, or run with --host-engine=sandbox")
 
 
 def _remove_network(network) -> None:

@@ -2,9 +2,10 @@
 
 First every input file is read and every image is checked, so nothing is created when one is
 invalid. Then the project is committed and the registry started (in DinD also the pull mirror),
-and both are wired into the runner config the way a runner admin would do it. The runner
-container then runs the jobs stage by stage, with a host snapshot after each job. At the end
-everything the run created is torn down again.
+and both are wired into the runner config the way a runner admin would do it. The compiled
+pipeline is served by the run's GitLab coordinator, and the runner container takes the jobs from
+it stage by stage over the job API, with a host snapshot after each job. The results are read
+back through python-gitlab. At the end everything the run created is torn down again.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ import requests
 
 from harness import labels
 from harness import placement as placement_module
-from harness import stage_jobs
+from harness import runner_image
+from harness.coordinator import Coordinator, ProjectInfo
+from harness.coordinator_jobs import JobState, PipelineQueue
+from harness.gitlab_results import FINISHED_PIPELINE, JobRecord, PipelineReader
 from harness.engine_lines import EngineLine, substitute_image, substitute_payload_images
 from harness.errors import InputError, RegistryError
 from harness.host import HostEngine
@@ -34,7 +38,8 @@ from harness.pipeline import CompiledJob, Pipeline, compile_pipeline, load_pipel
 from harness.project import Project
 from harness.registry import DEFAULT_MIRROR_IMAGES, Registry, shared_mirror
 from harness.registry_trust import Wiring
-from harness.runner import RUNNER_IMAGE, InProcessRunner, RunnerContainer, render_toml
+from harness.runner import (RUNNER_IMAGE, InProcessRunner, RunnerContainer, RunnerStopped, image_exists,
+                            render_toml)
 from harness.executor.settings import DEFAULT_HELPER_IMAGE
 from harness.runner_config import RunnerConfig, load_runner_config
 from harness.scenario import Scenario
@@ -48,6 +53,11 @@ MAX_PIPELINE_ID = 2_000_000
 
 # One request in the registry's access log: ... "GET /v2/<name>/manifests/<tag> HTTP/1.1" 200 ...
 _ACCESS_LINE = re.compile(r'"(GET|HEAD|PUT|POST|PATCH|DELETE) (/v2/\S*) HTTP/[\d.]+" (\d{3})')
+# Seconds between two reads of the pipeline's status while it runs.
+WAIT_INTERVAL = 0.5
+# A pipeline with pending jobs and none running fails the run when no runner called the job API
+# for this many seconds.
+JOB_REQUEST_TIMEOUT = 180
 
 
 @dataclass
@@ -82,6 +92,8 @@ class RunResult:
     runner_volumes: list[str] = field(default_factory=list)
     # Which engine played the host: "local engine" or "sandbox <container name>".
     host: str = "local engine"
+    # Requests the run's coordinator served, by endpoint (``POST /jobs/request``: 12, ...).
+    job_api_requests: dict[str, int] = field(default_factory=dict)
 
     @property
     def succeeded(self) -> bool:
@@ -133,6 +145,9 @@ class RunOptions:
     runner_version: str | None = None
     # Jobs' docker images are replaced by this engine line's (harness.engine_lines); None: as written.
     engine_line: EngineLine | None = None
+    # A gitlab/gitlab-runner image started with ``run-single`` instead of the harness's runner;
+    # it must exist on the engine, because nothing can be pulled.
+    runner_image: str | None = None
 
 
 def run_scenario(client: docker.DockerClient, scenario: Scenario, mode: str,
@@ -170,6 +185,8 @@ def check_inputs(client: docker.DockerClient, scenario: Scenario, mode: str,
     config = load_runner_config(files.runner_config)
     scenario.check_branch(options.branch)
     _check_job_names(pipeline, files.pipeline, options.jobs)
+    if options.runner_image:
+        runner_image.require_image(client, options.runner_image)
 
     named = _named_images(files, pipeline, config)
     if options.engine_line is not None:
@@ -185,7 +202,7 @@ def check_inputs(client: docker.DockerClient, scenario: Scenario, mode: str,
             raise InputError(path, key, "missing, and a job names no image of its own",
                              'set image = "busybox" or give every job an image')
         try:
-            exists = _image_exists(client, image)
+            exists = image_exists(client, image)
         except docker.errors.APIError as error:
             if error.status_code != 400:
                 raise
@@ -223,14 +240,6 @@ def _check_job_names(pipeline: Pipeline, path, names: tuple[str, ...]) -> None:
                              f"name one of: {', '.join(known)}")
 
 
-def _image_exists(client, reference: str) -> bool:
-    try:
-        client.images.get(placement_module.normalize_reference(reference))
-    except docker.errors.ImageNotFound:
-        return False
-    return True
-
-
 class _Session:
     """Everything one run creates, registered on an ExitStack so that it is undone in reverse."""
 
@@ -250,15 +259,20 @@ class _Session:
         # Set once the host engine stops answering; snapshots and teardown then skip it.
         self.host_lost = False
         self.secrets: list[str] = []
+        # Why a job failed, by job name, as the host saw it (a stopped registry or host engine).
+        self.reasons: dict[str, str] = {}
+        # Errors raised while the coordinator reported a finished job, raised again in this thread.
+        self.report_errors: list[BaseException] = []
 
     def run(self, pipeline, config: RunnerConfig) -> RunResult:
         project = self._project()
         variables, wiring = self._registry_and_mirror()
         variables += [Variable(key, value, masked=False, public=False)
                       for key, value in self.scenario.mode_files(self.mode).variables]
+        coordinator = self._coordinator(project)
         pipeline_id = _new_pipeline_id()
         compiled = compile_pipeline(pipeline, project, branch=self.options.branch or self.scenario.branch,
-                                    variables=[*variables, *self.options.variables],
+                                    variables=[*variables, *self.options.variables], server_url=coordinator.url,
                                     pipeline_id=pipeline_id, first_job_id=pipeline_id * JOBS_PER_PIPELINE + 1)
         # Each job's payload adds masked values of its own: CI_JOB_TOKEN and CI_REGISTRY_PASSWORD.
         payload_secrets = [value for job in compiled.jobs for value in job.masked_values()]
@@ -268,17 +282,130 @@ class _Session:
         self._seed_host(pipeline, config)
         baseline = self._snapshot_host("before the pipeline")
         self.stack.callback(self._remove_what_jobs_left, baseline, _mounts_host_socket(config))
-        runner = self._runner(config, wiring, project)
         snapshots: list[placement_module.Snapshot] = []
-        jobs = self._run_stages(runner, compiled, snapshots, config.concurrent)
+        queue = self._serve(coordinator, pipeline_id, compiled, snapshots)
+        jobs: list[JobResult] = []
+        if compiled.jobs:
+            runner = self._runner(config, wiring, project, coordinator, queue)
+            # Registered after the runner, so teardown cancels the jobs before it removes the runner.
+            self.stack.callback(_abort, queue)
+            records = self._run_pipeline(coordinator, project, runner, queue)
+            jobs = [self._job_result(record, queue.states[record.id]) for record in records]
 
         result = RunResult(self.scenario.name, self.mode, jobs,
                            self._masked_placement(baseline, snapshots), secrets=self.secrets,
-                           runner_volumes=list(config.docker.volumes), host=self.host.description)
+                           runner_volumes=list(config.docker.volumes), host=self.host.description,
+                           job_api_requests=dict(coordinator.requests))
         if self.registry is not None:
             result.registry_tags = self._registry_tags()
             result.registry_log = mask(self.registry.logs(tail="all"), self.secrets)
         return result
+
+    def _coordinator(self, project: Project) -> Coordinator:
+        """Start the run's coordinator on the host's address that the runner container reaches."""
+        info = ProjectInfo(project.id, project.path, project.default_branch, project.repo_dir)
+        coordinator = Coordinator(info, host=self.host.coordinator_address()).start()
+        self.stack.callback(coordinator.close)
+        return coordinator
+
+    def _serve(self, coordinator: Coordinator, pipeline_id: int, compiled, snapshots) -> PipelineQueue:
+        """Queue the compiled jobs on the coordinator; each finished job adds its snapshots."""
+        jobs = compiled.jobs
+        if self.options.engine_line is not None:
+            jobs = [dataclasses.replace(job, payload=substitute_payload_images(job.payload, self.options.engine_line))
+                    for job in jobs]
+        queue = PipelineQueue(pipeline_id, compiled.stages, jobs, selected=self.options.jobs,
+                              on_finished=lambda state: self._job_finished(state, snapshots))
+        coordinator.serve(queue)
+        return queue
+
+    def _run_pipeline(self, coordinator: Coordinator, project: Project, runner, queue: PipelineQueue) -> list[JobRecord]:
+        """Create the pipeline through python-gitlab, wait until it has finished, and read its jobs.
+
+        Raises:
+            RunnerStopped: the runner ended, or requested no job for ``JOB_REQUEST_TIMEOUT``
+                seconds, while jobs were pending.
+        """
+        reader = PipelineReader(coordinator.url, coordinator.api_token, project.id)
+        reader.create(next(iter(queue.states.values())).job.payload["git_info"]["ref"])
+        started = time.monotonic()
+        announced: set[int] = set()
+        while reader.status() not in FINISHED_PIPELINE:
+            self._log_started_jobs(queue, announced)
+            if self.report_errors:
+                raise self.report_errors[0]
+            if not self.host.responds():
+                self._fail_for_lost_host(queue)
+                continue
+            runner.check()
+            _check_runner_polls(coordinator, queue, started)
+            time.sleep(WAIT_INTERVAL)
+        if self.report_errors:
+            raise self.report_errors[0]
+        return reader.jobs()
+
+    def _log_started_jobs(self, queue: PipelineQueue, announced: set[int]) -> None:
+        """Log each job that a runner took since the last call, once."""
+        with queue.lock:
+            running = [state.job for state in queue.states.values()
+                       if state.status != "created" and state.started_at is not None and state.job.id not in announced]
+        for job in running:
+            announced.add(job.id)
+            log.info("job %s (stage %s) starting in %s mode", job.name, job.stage, self.mode)
+
+    def _job_finished(self, state: JobState, snapshots) -> None:
+        """Add the job's snapshots, and the host's right after it, before its runner gets the next job.
+
+        Called in the coordinator's request thread. Errors are kept for the run's thread, because
+        the runner must get its reply in any case.
+        """
+        name = state.job.name
+        details = state.report.get("harness_result") or {}
+        try:
+            for observed in details.get("snapshots", []):
+                snapshots.append(placement_module.Snapshot.from_dict(observed))
+            snapshots.append(self._snapshot_host(f"after {name}"))
+            if state.status == "failed" and name not in self.reasons:
+                self.reasons[name] = details.get("fault") or self._registry_fault()
+        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as error:
+            if self.host.responds():
+                self.report_errors.append(error)
+            else:
+                log.warning("no snapshot after job %s: the host engine (%s) stopped responding",
+                            name, self.host.description)
+        except Exception as error:  # noqa: BLE001 - raised again in the run's thread
+            self.report_errors.append(error)
+        log.info("job %s finished: %s in %.1f s", name, state.status, state.duration or 0.0)
+
+    def _fail_for_lost_host(self, queue: PipelineQueue) -> None:
+        """Fail the running jobs, whose host engine stopped responding, and cancel the rest."""
+        self.host_lost = True
+        reason = f"the host engine ({self.host.description}) stopped responding during the job"
+        running = [state for state in list(queue.states.values()) if state.status == "running"]
+        for state in running:
+            log.error("job %s failed, because %s", state.job.name, reason)
+            self.reasons[state.job.name] = reason
+            queue.finish(state, "failed", None, "runner_system_failure", {})
+        queue.abort()
+
+    def _job_result(self, record: JobRecord, state: JobState) -> JobResult:
+        """Return the run's result for one job: status and trace as python-gitlab read them.
+
+        The executor's result (containers, volumes, snapshots) comes from the runner's final
+        update; a real gitlab-runner sends none, so ``details`` is empty then.
+        """
+        # The executor's result lists resource names, which may contain a masked value.
+        details = json.loads(mask(json.dumps(state.report.get("harness_result") or {}), self.secrets))
+        exit_code = details.get("exit_code") if "exit_code" in details else state.report.get("exit_code")
+        status, reason = record.status, ""
+        if status in ("skipped", "manual"):
+            status, reason = "skipped", self._skip_reason(state.job)
+        elif status == "canceled":
+            reason = "canceled when the run ended"
+        elif status == "failed":
+            reason = mask(self.reasons.get(record.name, ""), self.secrets)
+        return JobResult(record.name, record.stage, status, exit_code, record.trace, record.duration, details,
+                         record.started_at, _docker_host(state.job.payload), reason)
 
     def _masked_placement(self, baseline, snapshots) -> placement_module.Placement:
         """Return the placement with masked values hidden in every resource name it lists."""
@@ -349,112 +476,47 @@ class _Session:
         values = [value for _, value in files.variables] + [variable.value for variable in self.options.variables]
         texts = run_texts(files.pipeline, self.scenario.project_dir, values)
         local = [reference for reference in DEFAULT_MIRROR_IMAGES
-                 if _image_exists(self.host.real_client, reference)]
+                 if image_exists(self.host.real_client, reference)]
         references = named_references(texts, local)
         log.info("pull mirror: stand-ins named by this run: %s", ", ".join(references) or "none")
         return references
 
-    def _runner(self, config: RunnerConfig, wiring: Wiring, project: Project):
+    def _runner(self, config: RunnerConfig, wiring: Wiring, project: Project, coordinator: Coordinator,
+                queue: PipelineQueue):
+        """Start the runner that takes the jobs from ``coordinator``: a container, or a thread here."""
         wired = config.with_wiring(extra_hosts=list(wiring.extra_hosts), volumes=list(wiring.volumes))
         if self.options.pull_policy:
             wired = _with_pull_policy(wired, self.options.pull_policy)
-        config_toml = render_toml(wired.to_dict())
-        runner_class = InProcessRunner if self.options.in_process else RunnerContainer
-        runner = runner_class(self.client, config_toml, project.repo_dir, self.scenario.watch_paths,
-                              runner_version=self.options.runner_version).start()
+        if self.options.runner_image:
+            runner = runner_image.ImageRunner(self.client, wired, self.options.runner_image, coordinator.url,
+                                              coordinator.runner_token, max_builds=_runnable_jobs(queue))
+        else:
+            runner_class = InProcessRunner if self.options.in_process else RunnerContainer
+            runner = runner_class(self.client, render_toml(wired.to_dict()), project.repo_dir, coordinator.url,
+                                  coordinator.runner_token, self.scenario.watch_paths,
+                                  runner_version=self.options.runner_version)
         self.stack.callback(self._close_runner, runner)
-        return runner
+        return runner.start()
 
     def _close_runner(self, runner) -> None:
+        """Copy the runner's warnings and errors into this log (masked), then remove the runner."""
         try:
+            for line in mask(runner.logs(), self.secrets).splitlines():
+                level = logging.WARNING if line.startswith(("WARNING", "ERROR", "CRITICAL")) else logging.DEBUG
+                log.log(level, "runner: %s", line)
             runner.close()
         except (docker.errors.DockerException, requests.exceptions.RequestException, OSError):
             if not self.host_lost:
                 raise
             log.warning("runner container not removed: the host engine (%s) is gone", self.host.description)
 
-    def _run_stages(self, runner, compiled, snapshots, concurrent: int = 1) -> list[JobResult]:
-        results: list[JobResult] = []
-        failed = False
-        for stage in compiled.stages:
-            if concurrent > 1:
-                stage_results = self._run_stage_at_once(runner, compiled, stage, snapshots, failed, concurrent)
-                results += stage_results
-                failed = failed or any(result.status not in ("success", "skipped") and not job.allow_failure
-                                       for result, job in zip(stage_results, _stage_jobs(compiled, stage)))
-                continue
-            for job in (j for j in compiled.jobs if j.stage == stage):
-                reason = self._skip_reason(job, failed)
-                if reason:
-                    results.append(JobResult(job.name, stage, "skipped", reason=reason))
-                    continue
-                result = self._run_job(runner, job, snapshots)
-                results.append(result)
-                failed = failed or (result.status != "success" and not job.allow_failure)
-        return results
-
-    def _run_stage_at_once(self, runner, compiled, stage: str, snapshots, failed: bool,
-                           concurrent: int) -> list[JobResult]:
-        """Run the jobs of ``stage`` in up to ``concurrent`` runner slots at once (``concurrent = N``).
-
-        As in GitLab, jobs of one stage do not wait for each other, so a failure in the stage
-        affects only later stages.
-        """
-        jobs = _stage_jobs(compiled, stage)
-        reasons = {job.name: self._skip_reason(job, failed) for job in jobs}
-        runnable = [job for job in jobs if not reasons[job.name]]
-        finished = stage_jobs.run_stage(
-            runnable, lambda job, slot: self._run_job(runner, job, snapshots, slot), concurrent)
-        by_name = {result.name: result for result in finished}
-        return [by_name.get(job.name) or JobResult(job.name, stage, "skipped", reason=reasons[job.name])
-                for job in jobs]
-
-    def _skip_reason(self, job: CompiledJob, failed: bool) -> str:
-        """Return why ``job`` does not run ("" when it runs): --job selection, ``when``, or a failure."""
+    def _skip_reason(self, job: CompiledJob) -> str:
+        """Return why the coordinator skipped ``job``: --job selection, ``when``, or a failure."""
         if self.options.jobs and job.name not in self.options.jobs:
             return "not selected by --job"
-        if _should_run(job, failed):
-            return ""
-        return f"when: {job.when}" if job.when in ("never", "manual", "on_failure") else "an earlier job failed"
-
-    def _run_job(self, runner, job: CompiledJob, snapshots, concurrent_id: int = 0) -> JobResult:
-        log.info("job %s (stage %s) starting in %s mode", job.name, job.stage, self.mode)
-        started = time.monotonic()
-        started_at = time.time()
-        chunks: list[str] = []
-        payload = job.payload
-        if self.options.engine_line is not None:
-            payload = substitute_payload_images(payload, self.options.engine_line)
-        try:
-            details = runner.run_job(payload, chunks.append, concurrent_id=concurrent_id)
-        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as error:
-            if self.host.responds():
-                raise
-            return self._host_engine_lost(job, chunks, started, started_at, error)
-        trace = mask("".join(chunks), self.secrets)
-
-        for observed in details.get("snapshots", []):
-            snapshots.append(placement_module.Snapshot.from_dict(observed))
-        snapshots.append(self._snapshot_host(f"after {job.name}"))
-        # The executor's result lists resource names, which may contain a masked value.
-        masked_details = json.loads(mask(json.dumps(details), self.secrets))
-        result = JobResult(job.name, job.stage, details.get("status", "failed"), details.get("exit_code"),
-                           trace, time.monotonic() - started, masked_details, started_at, _docker_host(job.payload))
-        if result.status == "failed":
-            result.reason = mask(details.get("fault") or self._registry_fault(), self.secrets)
-        because = f", because {result.reason}" if result.reason else ""
-        log.info("job %s finished: %s in %.1f s%s", job.name, result.status, result.duration, because)
-        return result
-
-    def _host_engine_lost(self, job: CompiledJob, chunks: list[str], started: float, started_at: float,
-                          error: Exception) -> JobResult:
-        """Return a failed result for ``job``, whose host engine stopped answering while it ran."""
-        self.host_lost = True
-        reason = f"the host engine ({self.host.description}) stopped responding during the job: {error}"
-        log.error("job %s failed, because %s", job.name, reason)
-        return JobResult(job.name, job.stage, "failed", None, mask("".join(chunks), self.secrets),
-                         time.monotonic() - started, {}, started_at, _docker_host(job.payload),
-                         reason=mask(reason, self.secrets))
+        if job.when in ("never", "manual", "on_failure"):
+            return f"when: {job.when}"
+        return "an earlier job failed"
 
     def _seed_host(self, pipeline, config: RunnerConfig) -> None:
         """Pull into a sandbox host the images this run names, through the shared mirror."""
@@ -463,7 +525,7 @@ class _Session:
         named = [image for _, _, image in _named_images(self.scenario.mode_files(self.mode), pipeline, config)]
         if self.options.engine_line is not None:
             named = [substitute_image(image, self.options.engine_line) for image in named]
-        wanted = [RUNNER_IMAGE, config.docker.helper_image or DEFAULT_HELPER_IMAGE, *named]
+        wanted = [self.options.runner_image or RUNNER_IMAGE, config.docker.helper_image or DEFAULT_HELPER_IMAGE, *named]
         self.host.sandbox.seed(dict.fromkeys(image for image in wanted if "$" not in image))
 
     def _snapshot_host(self, when: str) -> placement_module.Snapshot:
@@ -518,6 +580,34 @@ def remove_host_leftovers(client, baseline: placement_module.Snapshot, final: pl
         log.info("removed image %s that a job built on the host engine", image)
 
 
+def _abort(queue: PipelineQueue) -> None:
+    """Cancel the jobs that have not finished, so an interrupted run hands out no more jobs."""
+    canceled = queue.abort()
+    if canceled:
+        log.warning("canceled jobs that had not finished: %s", ", ".join(state.job.name for state in canceled))
+
+
+def _check_runner_polls(coordinator: Coordinator, queue: PipelineQueue, started: float) -> None:
+    """Raise when jobs wait, none runs, and no runner called the job API for ``JOB_REQUEST_TIMEOUT`` seconds.
+
+    A running job keeps a runner with one slot from polling, so only an idle pipeline counts.
+    """
+    with queue.lock:
+        statuses = [state.status for state in queue.states.values()]
+    waiting = "pending" in statuses and "running" not in statuses
+    last = coordinator.last_runner_request or started
+    if waiting and time.monotonic() - last > JOB_REQUEST_TIMEOUT:
+        raise RunnerStopped(f"no runner requested a job from {coordinator.url} for {JOB_REQUEST_TIMEOUT} s "
+                            "while jobs were pending; the runner's log above says why")
+
+
+def _runnable_jobs(queue: PipelineQueue) -> int:
+    """Return how many jobs may run at most: those not skipped by --job or ``when: never/manual``."""
+    return sum(1 for state in queue.states.values()
+               if state.job.when not in ("never", "manual")
+               and (not queue.selected or state.job.name in queue.selected))
+
+
 def _mounts_host_socket(config: RunnerConfig) -> bool:
     """Return whether the runner gives jobs the host engine's socket through ``[runners.docker] volumes``."""
     return any(volume.split(":", 1)[0].endswith("docker.sock") for volume in config.docker.volumes)
@@ -553,20 +643,6 @@ def _new_pipeline_id() -> int:
     network names, so sessions that both counted from 1 would collide there.
     """
     return 1000 + secrets.randbelow(MAX_PIPELINE_ID - 1000)
-
-
-def _stage_jobs(compiled, stage: str) -> list[CompiledJob]:
-    return [job for job in compiled.jobs if job.stage == stage]
-
-
-def _should_run(job: CompiledJob, failed: bool) -> bool:
-    if job.when in ("never", "manual"):
-        return False
-    if job.when == "always":
-        return True
-    if job.when == "on_failure":
-        return failed
-    return not failed
 
 
 def _registry_addresses(client) -> set[str]:

@@ -5,8 +5,9 @@ creates build and service containers as siblings on the host engine, and paths i
 config (``volumes``, ``cache_dir``) resolve on the host. The harness package is bind-mounted
 read-only at ``/opt/harness``; the image only brings Debian's Python and docker-py.
 
-``InProcessRunner`` runs the same executor inside this process instead (``--debug-in-process``),
-for stepping through it with a debugger.
+The runner takes its jobs from the run's coordinator over GitLab's job API
+(``harness.runner_loop``). ``InProcessRunner`` runs the same loop in a thread of this process
+instead (``--debug-in-process``), for stepping through the executor with a debugger.
 """
 
 from __future__ import annotations
@@ -17,15 +18,15 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import docker
 import docker.errors
 
 from harness import labels
 from harness.engine import state_dir
-from harness.variables import mask, masked_values
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +52,28 @@ def bytecode_cache_dir() -> Path:
 
 
 class JobRunner(Protocol):
-    """Runs one job payload and returns the executor's result dictionary."""
+    """A runner that takes jobs from a coordinator until ``close``."""
 
-    def run_job(self, payload: dict, on_trace: Callable[[str], None], concurrent_id: int = 0) -> dict: ...
+    def start(self) -> "JobRunner": ...
+
+    def check(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+class RunnerStopped(RuntimeError):
+    """The runner ended while the pipeline still had jobs for it."""
+
+
+def image_exists(client: docker.DockerClient, reference: str) -> bool:
+    """Return whether the engine behind ``client`` has the image ``reference`` (no pull is tried)."""
+    from harness.placement import normalize_reference
+
+    try:
+        client.images.get(normalize_reference(reference))
+    except docker.errors.ImageNotFound:
+        return False
+    return True
 
 
 def _render_toml_value(value) -> str:
@@ -95,77 +113,47 @@ def render_toml(data: dict, prefix: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-class RunnerContainer:
-    """A long-lived runner container that runs jobs with ``python3 -m harness.executor``.
+class ContainerRunner:
+    """A runner container on the host engine and its temporary work directory with ``config.toml``.
 
-    Starting it creates one container on the host engine, labelled as type ``runner``; ``close``
-    removes it. Jobs run one after another through ``docker exec``.
+    Subclasses choose the image and command; this class creates the container labelled as type
+    ``runner``, reports when it exited on its own and removes it with the work directory.
     """
 
-    def __init__(self, client: docker.DockerClient, config_toml: str, sources: Path,
-                 watch_paths: tuple[str, ...] = (), image: str = RUNNER_IMAGE,
-                 runner_version: str | None = None) -> None:
+    def __init__(self, client: docker.DockerClient, config_toml: str, image: str) -> None:
         self.client = client
         self.image = image
-        self.runner_version = runner_version
-        self.watch_paths = tuple(watch_paths)
-        self.sources = sources
         self.work_dir = Path(tempfile.mkdtemp(prefix=labels.temp_prefix("runner")))
         (self.work_dir / "config.toml").write_text(config_toml)
         self.container = None
 
-    def start(self) -> "RunnerContainer":
-        """Create and start the runner container (``docker run -d`` with the socket mounted)."""
-        volumes = {
-            SOCKET: {"bind": SOCKET, "mode": "rw"},
-            str(PACKAGE_DIR): {"bind": "/opt/harness/harness", "mode": "ro"},
-            str(self.work_dir): {"bind": WORK_MOUNT, "mode": "rw"},
-            str(self.sources): {"bind": "/var/lib/harness-sources", "mode": "ro"},
-            str(bytecode_cache_dir()): {"bind": BYTECODE_MOUNT, "mode": "rw"},
-        }
-        environment = {"PYTHONPATH": "/opt/harness", "HARNESS_SESSION_ID": labels.session_id(),
-                       "HARNESS_OWNER_PID": labels.owner_pid(), "PYTHONUNBUFFERED": "1",
-                       "PYTHONPYCACHEPREFIX": BYTECODE_MOUNT}
+    def _run(self, command: list[str], volumes: dict, environment: dict[str, str]) -> None:
+        """Create and start the container (``docker run -d``) with ``command``."""
         self.container = self.client.containers.run(
-            self.image, ["sleep", "infinity"], detach=True, volumes=volumes, environment=environment,
+            self.image, command, detach=True, volumes=volumes, environment=environment,
             labels=labels.managed_labels("runner"), name=f"harness-runner-{labels.session_id()}-{os.getpid()}",
             init=True)
-        log.info("runner container %s started on the host engine", self.container.name)
-        return self
+        log.info("runner container %s (%s) started on the host engine", self.container.name, self.image)
 
-    def run_job(self, payload: dict, on_trace: Callable[[str], None], concurrent_id: int = 0) -> dict:
-        """Run one job in the runner container; stream its trace to ``on_trace``; return the result.
+    def check(self) -> None:
+        """Inspect the container and raise when it is no longer running.
 
-        Jobs may run at the same time from several threads, each in its own ``docker exec`` and
-        with its own ``concurrent_id``.
+        Raises:
+            RunnerStopped: the container exited; the message has its exit code and last log line.
         """
-        job_id = payload["id"]
-        (self.work_dir / f"job-{job_id}.json").write_text(json.dumps(payload))
-        command = ["python3", "-m", "harness.executor", "--config", f"{WORK_MOUNT}/config.toml",
-                   "--job", f"{WORK_MOUNT}/job-{job_id}.json", "--sources", "/var/lib/harness-sources",
-                   "--result", f"{WORK_MOUNT}/result-{job_id}.json", "--concurrent-id", str(concurrent_id)]
-        for path in self.watch_paths:
-            command += ["--watch", path]
-        if self.runner_version:
-            command += ["--runner-version", self.runner_version]
-        execution = self.client.api.exec_create(self.container.id, command)
-        secrets = masked_values(payload.get("variables", []))
-        # The trace is the executor's stdout; its stderr carries the executor's own log lines,
-        # which belong in the harness log, not in the job's trace. Those can quote a failing
-        # Docker request, so they are masked like the trace.
-        for stdout, stderr in self.client.api.exec_start(execution["Id"], stream=True, demux=True):
-            if stdout:
-                on_trace(stdout.decode(errors="replace"))
-            if stderr:
-                for line in mask(stderr.decode(errors="replace"), secrets).splitlines():
-                    log.warning("executor in %s: %s", self.container.name, line)
+        self.container.reload()
+        state = self.container.attrs["State"]
+        if state.get("Running"):
+            return
+        last_line = (self.logs(tail=1).strip().splitlines() or [""])[-1]
+        raise RunnerStopped(f"runner container {self.container.name} exited with code {state.get('ExitCode')} "
+                            f"while the pipeline still had jobs; its last log line: {last_line}")
 
-        exit_code = self.client.api.exec_inspect(execution["Id"])["ExitCode"]
-        result_path = self.work_dir / f"result-{job_id}.json"
-        if not result_path.exists():
-            raise RuntimeError(f"the executor in {self.container.name} exited with {exit_code} "
-                               "and wrote no result; its output is in the job trace")
-        return json.loads(result_path.read_text())
+    def logs(self, tail: int | str = "all") -> str:
+        """Return the container's output (the runner's own log, not job traces)."""
+        if self.container is None:
+            return ""
+        return self.container.logs(tail=tail).decode(errors="replace")
 
     def close(self) -> None:
         """Remove the runner container and its work directory."""
@@ -179,46 +167,100 @@ class RunnerContainer:
         shutil.rmtree(self.work_dir, ignore_errors=True)
 
 
-class InProcessRunner:
-    """Runs the executor inside this Python process, against the same engine (for debugging)."""
+class RunnerContainer(ContainerRunner):
+    """The harness's runner container: ``python3 -m harness.runner_loop`` against a coordinator.
 
-    def __init__(self, client: docker.DockerClient, config_toml: str, sources: Path,
-                 watch_paths: tuple[str, ...] = (), runner_version: str | None = None) -> None:
+    The container's main process polls the coordinator and runs each job with the docker
+    executor. The host's socket is mounted, so job containers are siblings on the host engine.
+    """
+
+    def __init__(self, client: docker.DockerClient, config_toml: str, sources: Path, coordinator_url: str,
+                 runner_token: str, watch_paths: tuple[str, ...] = (), image: str = RUNNER_IMAGE,
+                 runner_version: str | None = None) -> None:
+        super().__init__(client, config_toml, image)
+        self.sources = sources
+        self.coordinator_url = coordinator_url
+        self.runner_token = runner_token
+        self.watch_paths = tuple(watch_paths)
+        self.runner_version = runner_version
+
+    def start(self) -> "RunnerContainer":
+        """Create and start the runner container with the socket mounted; it starts polling at once."""
+        from harness.runner_loop import TOKEN_VARIABLE
+
+        volumes = {
+            SOCKET: {"bind": SOCKET, "mode": "rw"},
+            str(PACKAGE_DIR): {"bind": "/opt/harness/harness", "mode": "ro"},
+            str(self.work_dir): {"bind": WORK_MOUNT, "mode": "rw"},
+            str(self.sources): {"bind": "/var/lib/harness-sources", "mode": "ro"},
+            str(bytecode_cache_dir()): {"bind": BYTECODE_MOUNT, "mode": "rw"},
+        }
+        environment = {"PYTHONPATH": "/opt/harness", "HARNESS_SESSION_ID": labels.session_id(),
+                       "HARNESS_OWNER_PID": labels.owner_pid(), "PYTHONUNBUFFERED": "1",
+                       "PYTHONPYCACHEPREFIX": BYTECODE_MOUNT, TOKEN_VARIABLE: self.runner_token}
+        command = ["python3", "-m", "harness.runner_loop", "--url", self.coordinator_url,
+                   "--config", f"{WORK_MOUNT}/config.toml", "--sources", "/var/lib/harness-sources"]
+        for path in self.watch_paths:
+            command += ["--watch", path]
+        if self.runner_version:
+            command += ["--runner-version", self.runner_version]
+        self._run(command, volumes, environment)
+        return self
+
+
+class InProcessRunner:
+    """Runs the same job API client loop in a thread of this process (for debugging).
+
+    The executor then works against the host engine from here, so a debugger can step through it.
+    """
+
+    def __init__(self, client: docker.DockerClient, config_toml: str, sources: Path, coordinator_url: str,
+                 runner_token: str, watch_paths: tuple[str, ...] = (), runner_version: str | None = None) -> None:
         self.client = client
         self.sources = sources
+        self.coordinator_url = coordinator_url
+        self.runner_token = runner_token
         self.runner_version = runner_version
         self.watch_paths = tuple(watch_paths)
         self.work_dir = Path(tempfile.mkdtemp(prefix=labels.temp_prefix("runner")))
         self.config_path = self.work_dir / "config.toml"
         self.config_path.write_text(config_toml)
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
 
     def start(self) -> "InProcessRunner":
-        """Nothing to start: the executor is imported on first use."""
+        """Start polling the coordinator in a daemon thread."""
+        from harness.runner_api import JobApi
+        from harness.runner_config import load_runner_config
+        from harness.runner_loop import executor_for, serve
+
+        execute = executor_for(self.client, self.config_path, self.sources, self.watch_paths, self.runner_version)
+        slots = load_runner_config(self.config_path).concurrent
+        api = JobApi(self.coordinator_url, self.runner_token)
+        self.thread = threading.Thread(target=serve, args=(api, execute, slots, self.stop),
+                                       name="in-process-runner", daemon=True)
+        self.thread.start()
         return self
 
-    def run_job(self, payload: dict, on_trace: Callable[[str], None], concurrent_id: int = 0) -> dict:
-        """Run one job in this process; return the same result dictionary the container writes."""
-        from harness.executor.__main__ import run_payload
-        from harness.executor.compat import RunnerCompat
+    def check(self) -> None:
+        """Raise when the polling thread ended although ``close`` was not called.
 
-        compat = RunnerCompat.for_version(self.runner_version) if self.runner_version else None
-        return run_payload(self.client, self.config_path, payload, self.sources, _TraceWriter(on_trace),
-                           compat=compat, watch_paths=self.watch_paths, concurrent_id=concurrent_id)
+        Raises:
+            RunnerStopped: the thread ended; the reason is in this process's log.
+        """
+        if self.thread is not None and not self.thread.is_alive() and not self.stop.is_set():
+            raise RunnerStopped("the in-process runner stopped while the pipeline still had jobs; "
+                                "its reason is in the log above")
+
+    def logs(self, tail: int | str = "all") -> str:
+        """Return "": the in-process runner logs to this process's log directly."""
+        return ""
 
     def close(self) -> None:
-        """Remove the temporary work directory."""
+        """Stop polling, wait for a running job to end, and remove the temporary work directory."""
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(timeout=60)
+            if self.thread.is_alive():
+                log.warning("the in-process runner is still running a job after 60 s; it is left to end")
         shutil.rmtree(self.work_dir, ignore_errors=True)
-
-
-class _TraceWriter:
-    """A text stream that forwards writes to a callback."""
-
-    def __init__(self, on_trace: Callable[[str], None]) -> None:
-        self.on_trace = on_trace
-
-    def write(self, text: str) -> int:
-        self.on_trace(text)
-        return len(text)
-
-    def flush(self) -> None:
-        pass

@@ -107,3 +107,21 @@ def test_scenarios_list_names_seed() -> None:
     assert outcome.returncode == 0, outcome.stderr
     assert "seed" in [line.split()[0] for line in outcome.stdout.splitlines()]
     assert outcome.stderr == ""
+
+
+@pytest.mark.engine
+def test_in_process_main_keeps_caller_session(engine_client) -> None:
+    from harness import cli, labels
+
+    # A pytest worker shares its session label with what it created, such as its sandbox.
+    network = engine_client.networks.create(f"{labels.PREFIX}-{labels.session_id()}-cli-caller",
+                                            labels=labels.managed_labels("infrastructure"))
+    try:
+        status = cli.main(["scenarios", "list"])
+
+        # Catches a command that sweeps its whole session and removes what its caller owns.
+        network.reload()
+        assert status == 0
+        assert network.attrs["Labels"][labels.SESSION] == labels.session_id()
+    finally:
+        network.remove()

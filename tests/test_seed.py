@@ -4,7 +4,8 @@
 in each mode, and ``tests/test_scenarios.py`` runs those checks. This module adds the registry's
 request order, masked secrets, the container's network mode and the engine after teardown. Each
 test uses one cached run per mode (see the ``run_scenario`` fixture), shared with
-``tests/test_scenarios.py``, so the two pipelines run once per session.
+``tests/test_scenarios.py``, so the two pipelines run once per session. Both go through the
+built-in coordinator, and the tests check that the runner and python-gitlab talked to it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,20 @@ from __future__ import annotations
 import pytest
 
 REPOSITORY = "devopsman/marionxue-ops"
+
+
+def assert_through_coordinator(result) -> None:
+    """Assert that the runner took every job from the coordinator and python-gitlab read them back."""
+    served = result.job_api_requests
+    jobs = len(result.jobs)
+    # Catches a run that hands jobs to the runner directly instead of over the job API.
+    assert served.get("POST /jobs/request", 0) >= jobs, served
+    assert served.get("PUT /jobs/:id", 0) >= 2 * jobs, served
+    assert served.get("PATCH /jobs/:id/trace", 0) >= jobs, served
+    assert served.get("POST /projects/:id/pipeline") == 1, served
+    assert served.get("GET /projects/:id/pipelines/:id/jobs", 0) >= 1, served
+    assert served.get("GET /projects/:id/jobs/:id/trace", 0) == jobs, served
+    assert all(job.started_at > 0 and job.trace for job in result.jobs), result.summary()
 
 
 @pytest.fixture
@@ -26,6 +41,9 @@ def dood(run_scenario):
 
 @pytest.mark.dind
 class TestSeedInDind:
+    def test_jobs_through_coordinator(self, dind):
+        assert_through_coordinator(dind)
+
     def test_test_job_pulled_from_registry(self, dind):
         requests = dind.registry_requests
         pushed = requests.index(f"PUT /v2/{REPOSITORY}/manifests/nodedemo 201")
@@ -49,6 +67,9 @@ class TestSeedInDind:
 
 @pytest.mark.dood
 class TestSeedInDood:
+    def test_jobs_through_coordinator(self, dood):
+        assert_through_coordinator(dood)
+
     def test_no_dind_daemon(self, dood):
         # Catches a DooD runner config that still starts a dind service.
         assert not any(daemon.startswith("dind") for daemon in dood.placement.daemons)
