@@ -398,9 +398,12 @@ def main(argv: list[str] | None = None, *, sweep_session: bool | None = None) ->
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     logging.getLogger("docker").setLevel(logging.WARNING)
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
+    # A closed terminal or a lost SSH connection sends SIGHUP, which must tear down as well.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
     try:
+        if sweep_session and args.command in SWEEPING_COMMANDS:
+            _remove_dead_sessions()
         return args.handler(args)
     except HarnessError as error:
         print(f"harness: error: {error}", file=sys.stderr)
@@ -409,7 +412,7 @@ def main(argv: list[str] | None = None, *, sweep_session: bool | None = None) ->
         if sweep_session:
             _remove_session_leftovers()
         print("harness: interrupted; what this run created has been removed", file=sys.stderr)
-        # The shell convention: 128 plus the signal number (130 for SIGINT, 143 for SIGTERM).
+        # The shell convention: 128 plus the signal number (130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP).
         return 128 + (_interrupted_by[0] if _interrupted_by else signal.SIGINT)
     finally:
         if sweep_session:
@@ -417,10 +420,12 @@ def main(argv: list[str] | None = None, *, sweep_session: bool | None = None) ->
 
 
 _interrupted_by: list[int] = []
+# Commands that start containers; each first removes what killed sessions left.
+SWEEPING_COMMANDS = frozenset({"run", "report", "demo", "matrix", "pod"})
 
 
 def _interrupt(signum, frame) -> None:
-    """Turn the first SIGINT or SIGTERM into KeyboardInterrupt, so every ExitStack unwinds.
+    """Turn the first SIGINT, SIGTERM or SIGHUP into KeyboardInterrupt, so every ExitStack unwinds.
 
     Later signals only log, because a second KeyboardInterrupt in the middle of the teardown
     would leave half of what the run created behind.
@@ -430,6 +435,15 @@ def _interrupt(signum, frame) -> None:
         return
     _interrupted_by.append(signum)
     raise KeyboardInterrupt
+
+
+def _remove_dead_sessions() -> None:
+    """Remove what sessions whose owner process is gone left on the engine, as a new pytest session does."""
+    from harness import cleanup, engine
+
+    client = engine.connect()
+    if client is not None:
+        cleanup.clean(client, dead_only=True)
 
 
 def _remove_session_leftovers() -> None:

@@ -1,8 +1,9 @@
 """A `harness run` stopped in the middle of a DinD job, by Ctrl-C and by SIGKILL.
 
-Ctrl-C runs the normal teardown, so nothing of the run's session is left. SIGKILL leaves the
-session's labelled resources behind, and the dead-session sweep that every new pytest session
-runs first (``cleanup.clean(dead_only=True)``) removes all of them.
+Ctrl-C and SIGHUP run the normal teardown, so nothing of the run's session is left. SIGKILL
+leaves the session's labelled resources behind, and the dead-session sweep that every new pytest
+session and every new ``harness run`` does first (``cleanup.clean(dead_only=True)``) removes all
+of them.
 """
 
 from __future__ import annotations
@@ -83,16 +84,21 @@ def _leftovers(client, session: str) -> list[str]:
     return names
 
 
-def test_ctrl_c_mid_job_leaves_nothing(engine_client):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "hangup"])
+def test_signal_mid_job_leaves_nothing(engine_client, signum):
     run = _Run()
     run.wait_for_line(JOB_STARTED)
 
-    run.process.send_signal(signal.SIGINT)
+    # SIGHUP is what a closed terminal or a dropped SSH connection sends.
+    run.process.send_signal(signum)
     returncode = run.process.wait(timeout=TEARDOWN_TIMEOUT_SECONDS)
+    left = _leftovers(engine_client, run.session)
+    # Removed here, so a failure leaves no sandbox running on the shared engine.
+    cleanup.clean(engine_client, session=run.session)
 
-    # Catches a Ctrl-C that skips the teardown (anything left) or that is reported as a crash.
-    assert returncode == 130
-    assert _leftovers(engine_client, run.session) == []
+    # Catches a signal that skips the teardown (anything left) or that is reported as a crash.
+    assert left == []
+    assert returncode == 128 + signum
 
 
 def test_sigkill_mid_job_swept_next_session(engine_client):
@@ -106,8 +112,14 @@ def test_sigkill_mid_job_swept_next_session(engine_client):
     assert any("-sandbox-" in name for name in left), left
     assert any("-registry-" in name for name in left), left
 
-    cleanup.clean(engine_client, dead_only=True)
+    # The next harness command sweeps first; this one then fails on its unknown scenario. Its own
+    # session id keeps its end-of-command sweep away from this test's session.
+    environment = {key: value for key, value in os.environ.items()
+                   if key not in ("HARNESS_SESSION_ID", "HARNESS_OWNER_PID")}
+    sweeper = subprocess.run([sys.executable, "-m", "harness.cli", "run", "no-such-scenario"], cwd=REPO_ROOT,
+                             env=environment, capture_output=True, text=True, timeout=TEARDOWN_TIMEOUT_SECONDS)
 
+    assert sweeper.returncode == 2, sweeper.stderr
     # Catches a sweep that misses a labelled resource, a sandbox directory or host trust.
     assert _leftovers(engine_client, run.session) == []
 
