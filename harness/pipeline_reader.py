@@ -296,9 +296,10 @@ class DocumentReader(RuleReader):
         if "trigger" in body:
             self.fail(f"{name}.trigger", "trigger jobs are not supported by the harness",
                       "remove the job or replace trigger: with a script:")
+        # Unknown keys first: a misspelt script: is reported with its suggestion, not as missing.
+        self.check_keys(body, name, JOB_KEYS, IGNORED_JOB_KEYS)
         if "script" not in body:
             self.fail(f"{name}.script", "missing script", "add script: with at least one command")
-        self.check_keys(body, name, JOB_KEYS, IGNORED_JOB_KEYS)
 
         defaults, global_variables = self._inherit(name, body.get("inherit"), defaults,
                                                    global_variables)

@@ -789,6 +789,7 @@ def test_ignored_keys_warn(space: Workspace, caplog) -> None:
 
 UNKNOWN_KEY_CASES = [
     ("job: {scirpt: [oops], script: [x]}", "job.scirpt", "did you mean `script`?"),
+    ("job: {scriptt: [oops]}", "job.scriptt", "did you mean `script`?"),
     ("job: {script: [x], servics: [docker:dind]}", "job.servics", "did you mean `services`?"),
     ("job: {script: [x], artifcats: {paths: [a]}}", "job.artifcats", "did you mean `artifacts`?"),
     ("job: {script: [x], colour: red}", "job.colour", "remove it or use one of: after_script, "),
