@@ -394,6 +394,10 @@ def main(argv: list[str] | None = None, *, sweep_session: bool | None = None) ->
     if sweep_session is None:
         sweep_session = argv is None
     args = build_parser().parse_args(argv)
+    problem = labels.session_id_problem()
+    if problem:
+        print(f"harness: error: {problem}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("urllib3").setLevel(logging.WARNING)

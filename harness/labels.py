@@ -7,6 +7,7 @@ harness did not create is ever removed.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 
 PREFIX = "dind-dood-harness"
@@ -21,6 +22,19 @@ UPSTREAM = f"{PREFIX}.upstream"
 # A runner container inherits both from the host process, so what it creates is owned by that process.
 _session_id = os.environ.get("HARNESS_SESSION_ID") or secrets.token_hex(4)
 _owner_pid = os.environ.get("HARNESS_OWNER_PID") or str(os.getpid())
+
+
+def session_id_problem() -> str | None:
+    """Return a one-line error when ``HARNESS_SESSION_ID`` cannot name resources, else None.
+
+    The id goes into container, network and volume names and into temporary directory names
+    that the dead-session sweep recognises by their hex digits.
+    """
+    given = os.environ.get("HARNESS_SESSION_ID")
+    if not given or re.fullmatch(r"[0-9a-f]{4,32}", given):
+        return None
+    return (f'HARNESS_SESSION_ID: "{given}" is invalid; use 4 to 32 lowercase hex digits, '
+            "such as 0a1b2c3d, or unset it for a random id")
 
 
 def session_id() -> str:

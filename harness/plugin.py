@@ -38,6 +38,12 @@ def pytest_configure(config: pytest.Config) -> None:
     for name, description in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {description}")
 
+    from harness import labels
+
+    problem = labels.session_id_problem()
+    if problem:
+        raise pytest.UsageError(problem)
+
     # Every pytest-xdist worker is a session of its own with its own random id. Workers inherit
     # the environment, so a given id would make them one session, and the first worker to finish
     # would remove the others' live resources at its teardown.

@@ -468,3 +468,14 @@ def test_seed_copy_is_valid(scenario_copy: Path) -> None:
     for files in loaded.modes.values():
         assert load_pipeline(files.pipeline).jobs
         assert load_runner_config(files.runner_config).warnings == ()
+
+
+@pytest.mark.parametrize("given", ["QA/run 1", "qa-run-1"])
+def test_invalid_session_id_rejected(given: str) -> None:
+    outcome = run_harness("run", "seed", "--mode", "dind", env={"HARNESS_SESSION_ID": given})
+
+    # Catches an id that reaches docker names ("/" and spaces) or temporary directory names that
+    # the dead-session sweep cannot read back (not hex).
+    assert outcome.returncode == 2, outcome.stderr
+    assert outcome.error_lines == [f'harness: error: HARNESS_SESSION_ID: "{given}" is invalid; use 4 to 32 '
+                                   "lowercase hex digits, such as 0a1b2c3d, or unset it for a random id"]
