@@ -7,6 +7,7 @@ import logging
 import re
 import signal
 import sys
+from pathlib import Path
 
 from harness import labels
 from harness.errors import HarnessError
@@ -115,7 +116,6 @@ def _runner_version(version: str | None) -> str | None:
 
 
 def _matrix(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from harness import engine, matrix, matrix_report, scenario
 
@@ -200,11 +200,36 @@ def _scenario_and_modes(args: argparse.Namespace) -> tuple:
 def _write_report(args: argparse.Namespace) -> int:
     from harness import report
 
+    _check_writable(Path(args.output), "-o")
     results = _run_modes(args)
     title = f"Placement report: {results[0].scenario}" if results else "Placement report"
     path = report.write_report(results, args.output, title=title)
     print(f"placement report written to {path}")
     return 0 if all(result.succeeded for result in results) else 1
+
+
+def _check_writable(path: Path, option: str) -> None:
+    """Raise InputError unless a file can be created at ``path``, before a run spends minutes.
+
+    Creating and removing the file is the only reliable check: permissions alone do not tell
+    that a directory such as /proc rejects new files.
+    """
+    from harness.errors import InputError
+
+    if path.is_dir():
+        raise InputError("command line", option, f"{path} is a directory", "name a file such as report.html")
+    if not path.parent.is_dir():
+        raise InputError("command line", option, f"directory {path.parent} does not exist",
+                         "create it first or name a file in an existing directory")
+    existed = path.exists()
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as error:
+        raise InputError("command line", option, f"{path} cannot be written: {error.strerror}",
+                         "name a file in a writable directory") from error
+    if not existed:
+        path.unlink()
 
 
 def _report(result, show_traces: bool) -> str:

@@ -479,3 +479,18 @@ def test_invalid_session_id_rejected(given: str) -> None:
     assert outcome.returncode == 2, outcome.stderr
     assert outcome.error_lines == [f'harness: error: HARNESS_SESSION_ID: "{given}" is invalid; use 4 to 32 '
                                    "lowercase hex digits, such as 0a1b2c3d, or unset it for a random id"]
+
+
+@pytest.mark.parametrize("output, problem", [
+    ("/proc/report.html", "/proc/report.html cannot be written"),
+    ("/nonexistent-harness-dir/report.html", "directory /nonexistent-harness-dir does not exist"),
+])
+def test_unwritable_report_rejected_first(output: str, problem: str) -> None:
+    outcome = run_harness("report", "seed", "--mode", "dind", "-o", output)
+
+    # Catches a report path checked only after the pipeline ran for minutes, or a directory
+    # created on the way.
+    assert outcome.returncode == 2, outcome.stderr
+    assert len(outcome.error_lines) == 1, outcome.stderr
+    assert f"-o: {problem}" in outcome.stderr
+    assert not Path("/nonexistent-harness-dir").exists()
