@@ -116,7 +116,6 @@ def _runner_version(version: str | None) -> str | None:
 
 
 def _matrix(args: argparse.Namespace) -> int:
-
     from harness import engine, matrix, matrix_report, scenario
 
     loaded = scenario.load_scenario(args.scenario)
