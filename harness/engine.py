@@ -92,11 +92,14 @@ def connect(timeout: float = 5) -> docker.DockerClient | None:
 def require_engine() -> docker.DockerClient:
     """Return a client for a running engine, or raise EngineError with the command that starts one."""
     client = connect()
+    if client is None and os.environ.get("DOCKER_HOST"):
+        # `harness engine up` starts the default socket's engine, which would not help here.
+        raise EngineError(f"no Docker engine responds at DOCKER_HOST={os.environ['DOCKER_HOST']}",
+                          "point DOCKER_HOST at a running engine, or unset it to use the harness's "
+                          "engine (`harness engine up`)")
     if client is None:
-        raise EngineError(
-            f"no Docker engine responds at {os.environ.get('DOCKER_HOST', 'unix:///var/run/docker.sock')}",
-            "start one with `harness engine up` (or `make engine`)",
-        )
+        raise EngineError("no Docker engine responds at unix:///var/run/docker.sock",
+                          "start one with `harness engine up` (or `make engine`)")
     return client
 
 

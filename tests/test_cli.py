@@ -87,7 +87,7 @@ def test_engine_down_fails_cleanly(command, tmp_path: Path, engine_client) -> No
     outcome = run_harness(*command, env={"DOCKER_HOST": address})
 
     after = EngineState.capture(engine_client)
-    assert_single_error(outcome, 1, f"harness: error: no Docker engine responds at {address}; ",
+    assert_single_error(outcome, 1, f"harness: error: no Docker engine responds at DOCKER_HOST={address}; ",
                         "`harness engine up`")
     assert outcome.stdout == ""
     # A client that ignored DOCKER_HOST would have reached the real engine instead.

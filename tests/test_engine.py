@@ -112,7 +112,7 @@ def test_doctor_reports_stopped_engine(tmp_path):
                             capture_output=True, text=True, timeout=60)
 
     assert result.returncode == 1
-    assert f"no Docker engine responds at unix://{tmp_path}/no-engine.sock" in result.stderr
+    assert f"no Docker engine responds at DOCKER_HOST=unix://{tmp_path}/no-engine.sock" in result.stderr
     assert "harness engine up" in result.stderr
 
 
