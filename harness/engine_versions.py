@@ -7,11 +7,13 @@ listing runs containers only for images it has not seen before.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 
 import docker.errors
+import requests.exceptions
 
 from harness import labels
 from harness.engine import state_dir
@@ -56,13 +58,23 @@ class EngineVersions:
         return self._cache[image_id]
 
     def _probe(self, image_id: str) -> str:
+        # Removed by hand with its volumes: dind images declare VOLUME /var/lib/docker, and
+        # run(remove=True) would leave one anonymous volume per probe on the engine.
+        container = None
         try:
-            output = self._client.containers.run(
-                image_id, ["-c", PROBE], entrypoint="sh", remove=True, network_mode="none",
+            container = self._client.containers.create(
+                image_id, ["-c", PROBE], entrypoint="sh", network_mode="none",
                 labels=labels.managed_labels("engine-version-probe"))
-        except docker.errors.DockerException as error:
+            container.start()
+            container.wait(timeout=60)
+            output = container.logs(stdout=True, stderr=False)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
             log.warning("cannot read the engine version of %s: %s", image_id[:19], error)
             return ""
+        finally:
+            if container is not None:
+                with contextlib.suppress(docker.errors.NotFound):
+                    container.remove(force=True, v=True)
         return parse_version(output.decode(errors="replace"))
 
     def save(self) -> None:

@@ -13,9 +13,9 @@ import time
 import docker
 import pytest
 
-from harness import images
+from harness import images, labels
 from harness.engine_lines import ENGINE_LINES, PLAIN_TCP_DELAY_SECONDS
-from harness.engine_versions import parse_version
+from harness.engine_versions import EngineVersions, parse_version
 from test_docker_standins import Resources, start_dind, wait_for_daemon
 
 pytestmark = [pytest.mark.engine, pytest.mark.images, pytest.mark.dind]
@@ -50,6 +50,28 @@ def test_engine_version_column(client):
             assert rows[tag].engine_version.startswith(EXPECTED_VERSION[line.name]), rows[tag]
     assert rows["busybox:latest"].engine_version == ""
     assert "ENGINE" in images.render_image_table(list(rows.values())).splitlines()[0]
+
+
+def test_version_probe_leaves_no_volume(client):
+    image = client.images.get(LINES["20.10"].dind_image)
+    since = int(time.time()) - 1
+
+    version = EngineVersions(client)._probe(image.id)
+
+    until = int(time.time()) + 1
+    assert version.startswith(EXPECTED_VERSION["20.10"])
+    probes = {event["id"] for event in client.events(
+        since=since, until=until, decode=True,
+        filters={"type": "container", "event": "create", "label": [f"{labels.SESSION}={labels.session_id()}",
+                                                                  f"{labels.TYPE}=engine-version-probe"]})}
+    assert probes, "no probe container was created"
+    mounted = {event["Actor"]["ID"] for event in client.events(
+        since=since, until=until, decode=True, filters={"type": "volume", "event": "mount"})
+        if event["Actor"]["Attributes"].get("container") in probes}
+    # Catches a probe removed without its volumes: the dind image declares VOLUME /var/lib/docker,
+    # so each probe would leave an anonymous volume behind.
+    assert mounted, "the probe mounted no volume, so this test would prove nothing"
+    assert [name for name in mounted if name in {volume.name for volume in client.volumes.list()}] == []
 
 
 def test_parse_version():
