@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from harness.errors import InputError
+from harness.pipeline_reader import check_expanded_size
 
 RESTART_POLICIES = ("Always", "OnFailure", "Never")
 HOST_PATH_TYPES = ("", "DirectoryOrCreate", "Directory", "FileOrCreate", "File", "Socket")
@@ -104,6 +105,7 @@ def load_pod(path: str | Path) -> PodSpec:
         # PyYAML's message spans several lines (problem, context, position), but the error is one line.
         problem = " ".join(str(error).split())
         raise InputError(str(path), "", f"invalid YAML ({problem})", "fix the YAML syntax") from error
+    check_expanded_size(document, str(path))
     return parse_pod(document, str(path))
 
 

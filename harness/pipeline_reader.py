@@ -93,6 +93,11 @@ class _Reference:
         self.line = line
 
 
+# A few nested anchors can expand to billions of values (the "billion laughs" document), and
+# reading them would not end. The bundled pipelines hold under 50 values each.
+MAX_EXPANDED_VALUES = 100_000
+
+
 class _Loader(yaml.SafeLoader):
     """SafeLoader that also accepts GitLab's ``!reference`` tag."""
 
@@ -134,7 +139,29 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise InputError(str(path), "", "the file does not contain a mapping of jobs",
                          "define at least one job, for example `build: {script: [make]}`")
+    check_expanded_size(document, str(path))
     return document
+
+
+def check_expanded_size(document: Any, source: str) -> None:
+    """Raise InputError when a parsed YAML document expands to more than ``MAX_EXPANDED_VALUES``."""
+    if _expanded_size(document, {}) > MAX_EXPANDED_VALUES:
+        raise InputError(source, "", f"the file expands to more than {MAX_EXPANDED_VALUES} values "
+                         "through YAML anchors and aliases", "nest fewer aliases of aliases")
+
+
+def _expanded_size(value: Any, sizes: dict[int, int]) -> int:
+    """Return how many values ``value`` contains once every alias is expanded.
+
+    An alias is one shared object in the parsed document, so sizes are kept by object id and
+    the count costs one visit per distinct object, however far the aliases expand.
+    """
+    if not isinstance(value, (dict, list)):
+        return 1
+    if id(value) not in sizes:
+        items = list(value.keys()) + list(value.values()) if isinstance(value, dict) else value
+        sizes[id(value)] = 1 + sum(_expanded_size(item, sizes) for item in items)
+    return sizes[id(value)]
 
 
 class DocumentReader(RuleReader):

@@ -24,6 +24,7 @@ from harness.errors import InputError
 from harness.kubernetes import Pod
 from harness.kubernetes_node import probe_docker_socket
 from harness.kubernetes_run import PodRun
+from harness.kubernetes_spec import load_pod
 from harness.kubernetes_spec import load_pod, parse_pod
 
 pytestmark = pytest.mark.k8s
@@ -353,3 +354,16 @@ def test_cli_pod_run_prints_restarts(engine_client):
     assert "docker-cmds" in process.stdout
     assert "the node has no Docker API" in process.stdout
     assert "placement (k8s):" in process.stdout
+
+
+def test_pod_alias_bomb_rejected(tmp_path):
+    levels = ['a0: &a0 ["x"]'] + [f"a{level}: &a{level} [{', '.join([f'*a{level - 1}'] * 10)}]"
+                                  for level in range(1, 10)]
+    manifest = tmp_path / "pod.yaml"
+    manifest.write_text("\n".join(levels) + "\nspec: {containers: *a8}\n")
+
+    with pytest.raises(InputError) as raised:
+        load_pod(manifest)
+
+    # Catches a reader that walks the expanded aliases, which would not finish.
+    assert "expands to more than" in str(raised.value)

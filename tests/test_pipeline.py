@@ -1049,3 +1049,14 @@ def test_variable_payload_round_trip() -> None:
     assert Variable.from_payload(variable.to_payload()) == variable
     # The runner reads a missing flag as false (Go zero value), so services would not get it.
     assert Variable.from_payload({"key": "K", "value": "v"}) == Variable("K", "v", public=False)
+
+
+def test_alias_bomb_rejected(space: Workspace) -> None:
+    # Nine levels of ten aliases each expand to a billion script lines.
+    levels = ['a0: &a0 ["echo lol"]'] + [f"a{level}: &a{level} [{', '.join([f'*a{level - 1}'] * 10)}]"
+                                         for level in range(1, 10)]
+
+    message = space.error("\n".join(levels) + "\njob:\n  script: *a8\n")
+
+    # Catches a reader that expands the aliases, which would not finish, instead of counting them.
+    assert message.startswith(f"{space.tmp_path / '.gitlab-ci.yml'}: the file expands to more than "), message
