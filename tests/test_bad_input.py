@@ -352,7 +352,7 @@ CASES = {
         DIND_PIPELINE, "BuildImages.stage", 'stage "publish" is not defined', 'add "publish" to stages:'),
     "pipeline-script-typo": Case(
         replace_text(DIND_PIPELINE, "TestImage:\n  stage: test\n  script:", "TestImage:\n  stage: test\n  scirpt:"),
-        DIND_PIPELINE, "TestImage.script", "missing script", "add script:"),
+        DIND_PIPELINE, "TestImage.scirpt", "unknown key", "did you mean `script`?"),
     "pipeline-job-image": Case(
         replace_text(DIND_PIPELINE, "  stage: build\n", "  stage: build\n  image: nosuch/builder:1\n"),
         DIND_PIPELINE, "BuildImages.image", 'image "nosuch/builder:1" does not exist', IMAGE_FIX),
