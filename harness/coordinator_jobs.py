@@ -93,15 +93,16 @@ class PipelineQueue:
     def finish(self, state: JobState, status: str, exit_code: int | None, failure_reason: str,
                report: dict) -> None:
         """Record a runner's final state for ``state``'s job, then open the next stage if it is due."""
+        # on_finished runs under the lock: a reader that saw the job finished before its host
+        # snapshot was taken could start the teardown, which removes what the snapshot should show.
         with self.lock:
             state.status = status
             state.exit_code = exit_code
             state.failure_reason = failure_reason if status == "failed" else ""
             state.finished_at = time.time()
             state.report = report
-        if self.on_finished is not None:
-            self.on_finished(state)
-        with self.lock:
+            if self.on_finished is not None:
+                self.on_finished(state)
             self._open_next_stage()
 
     def abort(self) -> list[JobState]:
