@@ -9,6 +9,7 @@ import docker.errors
 
 from bench.rounds import Contender, RoundFailed
 from harness import labels
+from harness.engine_versions import EngineVersions
 
 # The dind stand-ins of docker/images.toml. All run Debian's dockerd 20.10, so the rows differ in
 # entrypoint behaviour (TLS set-up, legacy flags), not in the daemon's code.
@@ -66,10 +67,8 @@ def _info_succeeds(address: str) -> bool:
 
 
 def daemon_versions(client: docker.DockerClient) -> dict[str, str]:
-    """Return the `dockerd --version` output of each dind tag."""
-    versions = {}
-    for tag in DIND_TAGS:
-        output = client.containers.run(tag, ["dockerd", "--version"], entrypoint=[], remove=True,
-                                       labels=labels.managed_labels("bench-readiness"))
-        versions[tag] = output.decode(errors="replace").strip()
+    """Return the engine version inside each dind tag, as `harness images list` shows it."""
+    probe = EngineVersions(client)
+    versions = {tag: probe.of(tag, client.images.get(tag).id) for tag in DIND_TAGS}
+    probe.save()
     return versions
