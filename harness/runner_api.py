@@ -1,10 +1,10 @@
 """The runner's side of GitLab's job API: request a job, upload its trace, report its final state.
 
-The calls and their responses follow gitlab-runner's ``network/gitlab.go``: ``POST
-/api/v4/jobs/request`` returns 201 with a job or 204, ``PATCH /api/v4/jobs/:id/trace`` sends bytes
-at an inclusive ``Content-Range`` and gets 202 with ``Range: 0-<size>`` (416 names the offset to
-resend from), and ``PUT /api/v4/jobs/:id`` with the final state gets 200 when done, 202 while
-trace is missing and 412 when the checksum differs. Runs inside the runner container, whose
+The calls and their responses follow gitlab-runner's ``network/gitlab.go``. ``POST
+/api/v4/jobs/request`` returns 201 with a job or 204. ``PATCH /api/v4/jobs/:id/trace`` sends bytes
+at an inclusive ``Content-Range`` and gets 202 with ``Range: 0-<size>``, or 416 with the offset to
+resend from. ``PUT /api/v4/jobs/:id`` with the final state gets 200 when done, 202 while trace is
+missing and 412 when the checksum differs. The module runs inside the runner container, whose
 image has Debian's Python with requests, and inside the harness process for
 ``--debug-in-process``.
 """
@@ -156,7 +156,7 @@ class TraceUpload:
                     return
 
     def _accept(self, response: requests.Response, length: int) -> bool:
-        """Move the sent offset as the coordinator's reply says; return whether to send again."""
+        """Move the sent offset to the ``Range`` of the coordinator's reply; return whether to send again."""
         match = _RANGE.match(response.headers.get("Range", ""))
         if response.status_code in (202, 416) and match:
             self.sent = int(match.group(1))
@@ -178,7 +178,7 @@ class TraceUpload:
 def report_final_state(api: JobApi, job: dict, trace: TraceUpload, body: dict) -> bool:
     """Send the job's final state until the coordinator accepts it; return whether it did.
 
-    ``body`` holds ``state`` and optional fields (``exit_code``, ``failure_reason``, extra
+    ``body`` contains ``state`` and optional fields (``exit_code``, ``failure_reason``, extra
     fields the coordinator keeps as the job's report). The trace checksum and size are added.
     """
     deadline = time.monotonic() + FINAL_UPDATE_SECONDS
@@ -186,7 +186,7 @@ def report_final_state(api: JobApi, job: dict, trace: TraceUpload, body: dict) -
         checksum = trace.checksum()
         full = {**body, "checksum": checksum, "output": {"checksum": checksum, "bytesize": trace.size()}}
         try:
-            # The coordinator may look at the engine before it answers, so the wait is longer.
+            # The coordinator snapshots the engine before it replies, so the wait is longer.
             response = api.update(job, full, timeout=FINAL_UPDATE_SECONDS)
         except requests.RequestException as error:
             log.warning("final update of job %s failed, retrying: %s", job["id"], error)
