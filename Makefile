@@ -53,13 +53,17 @@ clean:
 	$(HARNESS) clean
 
 # The peer of the benchmark: gitlab-ci-local from npm in a directory the benchmark owns, plus the
-# rsync it calls on the host and the plotting library of the results chart.
-bench-tools:
+# rsync it calls on the host and the plotting library of the results chart. It waits for `install`,
+# so its pip never runs beside the package's own.
+bench-tools: install
 	command -v npm >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
 	command -v rsync >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rsync; }
 	test -x $(GITLAB_CI_LOCAL) || npm install --prefix bench/.tools --no-audit --no-fund --save-exact gitlab-ci-local@$(GITLAB_CI_LOCAL_VERSION)
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check 'matplotlib>=3.7' 'pyinstrument>=4.6'
 
-bench: images bench-tools
+# The tools come over the network and the image builds keep the CPU busy, so they run side by side.
+# The engine comes first: its apt packages and those of bench-tools would contend for apt's lock.
+bench: engine
+	$(MAKE) --no-print-directory -j2 images bench-tools
 	$(PYTHON) -m bench --rounds $(BENCH_ROUNDS) --seed-rounds $(BENCH_SEED_ROUNDS) \
 	  --seed-host-engine $(BENCH_SEED_HOST) $(if $(BENCH),--only $(BENCH))
