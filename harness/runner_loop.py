@@ -127,14 +127,12 @@ def executor_for(client, config_path: Path, sources: Path, watch_paths: tuple[st
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     """Parse the command line of ``python3 -m harness.runner_loop``."""
+    from harness.executor.__main__ import add_job_options
+
     parser = argparse.ArgumentParser(prog="python3 -m harness.runner_loop",
                                      description="Poll a GitLab job API and run its jobs with the docker executor.")
     parser.add_argument("--url", required=True, help="the coordinator's base URL, such as http://10.212.3.1:40123")
-    parser.add_argument("--config", required=True, type=Path, help="runner config.toml")
-    parser.add_argument("--sources", required=True, type=Path, help="git work tree or bare repository of the project")
-    parser.add_argument("--runner-version", help="GitLab Runner version to behave like (default: current)")
-    parser.add_argument("--watch", action="append", default=[], metavar="PATH",
-                        help="directory to list in service and build containers before cleanup (repeatable)")
+    add_job_options(parser, sources_required=True)
     return parser.parse_args(argv)
 
 

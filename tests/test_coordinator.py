@@ -14,10 +14,8 @@ import gitlab
 import pytest
 import requests
 
-from harness.coordinator import Coordinator, ProjectInfo
-from harness.coordinator_jobs import PipelineQueue
+from harness.coordinator import Coordinator
 from harness.gitlab_results import PipelineReader
-from harness.pipeline import compile_pipeline, load_pipeline
 from harness.project import Project
 from harness.variables import Variable
 
@@ -76,20 +74,10 @@ class Server:
 
 
 @pytest.fixture
-def server(tmp_path):
-    source = tmp_path / "source"
-    source.mkdir()
-    (source / ".gitlab-ci.yml").write_text(PIPELINE)
-    (source / "README").write_text("project file\n")
-    project = Project.from_directory(source, "group", "proj", branch="main", work_dir=tmp_path / "work")
-
-    coordinator = Coordinator(ProjectInfo(project.id, project.path, "main", project.repo_dir)).start()
-    compiled = compile_pipeline(load_pipeline(source / ".gitlab-ci.yml"), project, server_url=coordinator.url,
-                                variables=[Variable("DEPLOY_KEY", "s3cr3t-value", masked=True, public=False)],
-                                pipeline_id=77, first_job_id=77001)
-    coordinator.serve(PipelineQueue(77, compiled.stages, compiled.jobs))
-    yield Server(coordinator, project, compiled.jobs)
-    coordinator.close()
+def server(serve_pipeline):
+    served = serve_pipeline(PIPELINE, files={"README": "project file\n"}, pipeline_id=77,
+                            variables=(Variable("DEPLOY_KEY", "s3cr3t-value", masked=True, public=False),))
+    return Server(served.coordinator, served.project, served.compiled.jobs)
 
 
 @pytest.fixture

@@ -13,12 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.coordinator import Coordinator, ProjectInfo
-from harness.coordinator_jobs import PipelineQueue
+from harness.coordinator import Coordinator
 from harness.engine import state_dir
 from harness.gitlab_results import PipelineReader
-from harness.pipeline import compile_pipeline, load_pipeline
-from harness.project import Project
 
 PIPELINE = """
 stages: [build, test]
@@ -46,22 +43,13 @@ def python_runner() -> Path:
 
 
 @pytest.fixture
-def served(tmp_path):
-    """A started coordinator with the two-stage pipeline created through python-gitlab."""
-    source = tmp_path / "source"
-    source.mkdir()
-    (source / ".gitlab-ci.yml").write_text(PIPELINE)
-    (source / "README").write_text("file from the clone\n")
-    project = Project.from_directory(source, "group", "proj", branch="main", work_dir=tmp_path / "work")
-
-    coordinator = Coordinator(ProjectInfo(project.id, project.path, "main", project.repo_dir)).start()
-    compiled = compile_pipeline(load_pipeline(source / ".gitlab-ci.yml"), project, server_url=coordinator.url,
-                                pipeline_id=91, first_job_id=91001)
-    coordinator.serve(PipelineQueue(91, compiled.stages, compiled.jobs))
-    reader = PipelineReader(coordinator.url, coordinator.api_token, project.id)
+def served(serve_pipeline):
+    """A coordinator with the two-stage pipeline created through python-gitlab."""
+    pipeline = serve_pipeline(PIPELINE, files={"README": "file from the clone\n"})
+    coordinator = pipeline.coordinator
+    reader = PipelineReader(coordinator.url, coordinator.api_token, pipeline.project.id)
     reader.create("main")
-    yield coordinator, reader, project
-    coordinator.close()
+    return coordinator, reader, pipeline.project
 
 
 def _run_one_job(python_runner: Path, coordinator: Coordinator, work: Path) -> subprocess.CompletedProcess:

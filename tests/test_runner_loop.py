@@ -15,9 +15,8 @@ import pytest
 import requests
 
 from harness import runner_loop
-from harness.coordinator import Coordinator, ProjectInfo
+from harness.coordinator import Coordinator
 from harness.coordinator_jobs import PipelineQueue
-from harness.pipeline import compile_pipeline, load_pipeline
 from harness.project import Project
 from harness.runner_api import JobApi, TraceUpload, report_final_state
 from harness.variables import Variable
@@ -66,20 +65,11 @@ class Served:
 
 
 @pytest.fixture
-def served(tmp_path):
-    source = tmp_path / "source"
-    source.mkdir()
-    (source / ".gitlab-ci.yml").write_text(PIPELINE)
-    project = Project.from_directory(source, "group", "loop", branch="main", work_dir=tmp_path / "work")
-    coordinator = Coordinator(ProjectInfo(project.id, project.path, "main", project.repo_dir)).start()
-    compiled = compile_pipeline(load_pipeline(source / ".gitlab-ci.yml"), project, server_url=coordinator.url,
-                                variables=[Variable("DEPLOY_KEY", SECRET, masked=True, public=False)],
-                                pipeline_id=91, first_job_id=91001)
-    queue = PipelineQueue(91, compiled.stages, compiled.jobs)
-    coordinator.serve(queue)
-    queue.create()
-    yield Served(coordinator, project, queue)
-    coordinator.close()
+def served(serve_pipeline):
+    pipeline = serve_pipeline(PIPELINE, name="loop",
+                              variables=(Variable("DEPLOY_KEY", SECRET, masked=True, public=False),))
+    pipeline.queue.create()
+    return Served(pipeline.coordinator, pipeline.project, pipeline.queue)
 
 
 def _take_job(served: Served) -> dict:

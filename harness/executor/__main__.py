@@ -42,19 +42,25 @@ def run_payload(client, config_path: Path, payload: dict, sources: Path | None, 
     return result
 
 
+def add_job_options(parser: argparse.ArgumentParser, *, sources_required: bool) -> None:
+    """Add the options that this command and the runner loop both pass on to ``run_payload``."""
+    parser.add_argument("--config", required=True, type=Path, help="runner config.toml")
+    parser.add_argument("--sources", required=sources_required, type=Path,
+                        help="git work tree or bare repository of the project")
+    parser.add_argument("--runner-version", help="GitLab Runner version to behave like (default: current)")
+    parser.add_argument("--watch", action="append", default=[], metavar="PATH",
+                        help="directory to list in service and build containers before cleanup (repeatable)")
+
+
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     """Parse the command line of ``python3 -m harness.executor``."""
     parser = argparse.ArgumentParser(prog="python3 -m harness.executor", description="Run one GitLab job payload with the docker executor.")
-    parser.add_argument("--config", required=True, type=Path, help="runner config.toml")
+    add_job_options(parser, sources_required=False)
     parser.add_argument("--runner", help="name of the [[runners]] entry (default: the first)")
     parser.add_argument("--job", required=True, type=Path, help="job payload JSON, as GitLab sends it")
-    parser.add_argument("--sources", type=Path, help="git work tree or bare repository of the project")
     parser.add_argument("--result", required=True, type=Path, help="file to write the result JSON to")
-    parser.add_argument("--runner-version", help="GitLab Runner version to behave like (default: current)")
     parser.add_argument("--concurrent-id", type=int, default=0, metavar="N",
                         help="the runner's job slot, 0 to concurrent - 1 (default: 0)")
-    parser.add_argument("--watch", action="append", default=[], metavar="PATH",
-                        help="directory to list in service and build containers before cleanup (repeatable)")
     return parser.parse_args(argv)
 
 
