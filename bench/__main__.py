@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import docker.errors
@@ -14,6 +15,7 @@ import docker.errors
 from bench import dind_job, pipelines_bench, readiness, report, seeding, timing
 from bench.rounds import RoundFailed, run_rounds
 from bench.stats import Comparison, Series
+from harness import cleanup, engine, interrupts, labels
 from harness.errors import HarnessError
 
 log = logging.getLogger("bench")
@@ -22,6 +24,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_SELECTION = ("dind-job", "readiness", "seed", "seeding")
 ALL_BENCHMARKS = (*DEFAULT_SELECTION, "suite")
 PEER_IMAGES = (dind_job.PEER_HELPER_IMAGE, "sumina46/wait-for-it:latest")
+# Each seeding image is built from random bytes held in memory, so a size is capped at 1 GiB.
+MAX_SEED_SIZE_MB = 1024
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,19 +58,34 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.WARNING)
 
     selection = [name.strip() for name in args.only.split(",") if name.strip()]
-    problem = _invalid_argument(args, selection)
+    problem = _invalid_argument(args, selection) or labels.session_id_problem() or _results_problem(args.results)
     if problem:
         print(f"bench: error: {problem}", file=sys.stderr)
         return 2
 
-    from harness import cleanup, engine, labels
-
-    client = engine.require_engine()
+    try:
+        client = engine.require_engine()
+    except HarnessError as error:
+        print(f"bench: error: {error}", file=sys.stderr)
+        return error.exit_code
     problem = _missing_tools(client, selection)
     if problem:
         print(f"bench: error: {problem}", file=sys.stderr)
         return 2
 
+    interrupts.install()
+    try:
+        # What killed runs left (privileged dind daemons, mirrors, seeding images) goes first.
+        cleanup.clean(client, dead_only=True)
+        return _run_and_report(client, args, selection, sys.argv[1:] if argv is None else list(argv))
+    except KeyboardInterrupt:
+        print("bench: interrupted; what this run created has been removed and no results were written",
+              file=sys.stderr)
+        return interrupts.exit_status()
+
+
+def _run_and_report(client, args, selection: list[str], argv: list[str]) -> int:
+    """Run the selected benchmarks, remove what they created, and write the results."""
     work_dir = BENCH_DIR / ".work" / "logs"
     work_dir.mkdir(parents=True, exist_ok=True)
     clock = timing.RunClock()
@@ -77,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             cleanup.clean(client, session=labels.session_id())
     total = clock.total()
 
-    _write_results(client, args, selection, series, megabytes, clock, total)
+    _write_results(client, args, selection, argv, series, megabytes, clock, total)
     print(f"logs in {work_dir}")
     print(f"wall time of the benchmarks: {timing.wall_time_line(total)}")
     return 0 if all(item.failures == 0 for item in series) else 1
@@ -85,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _invalid_argument(args, selection: list[str]) -> str:
     """Return the first invalid option with its value and the fix, or "" when all are valid."""
+    if not selection:
+        return f"--only {args.only!r}: no benchmark named; use one or more of {', '.join(ALL_BENCHMARKS)}"
     unknown = [name for name in selection if name not in ALL_BENCHMARKS]
     if unknown:
         return f"--only {','.join(unknown)}: unknown benchmark; use {', '.join(ALL_BENCHMARKS)}"
@@ -92,16 +113,31 @@ def _invalid_argument(args, selection: list[str]) -> str:
         if value < 1:
             return f"{option} {value}: invalid; give a whole number of at least 1"
     sizes = [size.strip() for size in args.seed_sizes.split(",") if size.strip()]
-    if not sizes or not all(size.isdigit() and int(size) > 0 for size in sizes):
-        return f"--seed-sizes {args.seed_sizes!r}: invalid; give whole megabytes such as 4,16,64"
+    if not sizes or not all(size.isdigit() and 0 < int(size) <= MAX_SEED_SIZE_MB for size in sizes):
+        return (f"--seed-sizes {args.seed_sizes!r}: invalid; give whole megabytes from 1 to {MAX_SEED_SIZE_MB} "
+                f"such as 4,16,64")
     return ""
 
 
-def _write_results(client, args, selection: list[str], series: list[Series], megabytes: dict[str, float],
-                   clock: timing.RunClock, total: float) -> None:
+def _results_problem(directory: Path) -> str:
+    """Return why results cannot be written to ``directory``, or "" when they can.
+
+    Checked before the first round, so a typo does not cost a whole run's measurements.
+    """
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        return f"--results {directory}: cannot write there ({error.strerror or error}); pass a writable directory"
+    return ""
+
+
+def _write_results(client, args, selection: list[str], argv: list[str], series: list[Series],
+                   megabytes: dict[str, float], clock: timing.RunClock, total: float) -> None:
     """Write results.md and results.png, and print the markdown page."""
     args.results.mkdir(parents=True, exist_ok=True)
-    header = report.run_header(args, selection, client.version().get("Version", "?"))
+    header = report.run_header(args, selection, client.version().get("Version", "?"), argv)
     header["wall time"] = timing.wall_time_line(total)
     header["load average"] = (f"{timing.load_summary(clock.loads)} (1 minute, sampled every "
                               f"{timing.LOAD_SAMPLE_INTERVAL:.0f} s, on {os.cpu_count()} CPUs)")

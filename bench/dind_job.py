@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 from bench.rounds import Contender, RoundFailed, timed_command
+from harness import labels
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
@@ -20,6 +22,8 @@ GITLAB_CI_LOCAL_VERSION = "4.60.0"
 PEER_HELPER_IMAGE = "firecow/gitlab-ci-local-util:latest"
 # The remote is only parsed for CI_PROJECT_* variables; the .invalid name can never be contacted.
 PEER_REMOTE = "https://gitlab.harness.invalid/bench/dind-build.git"
+
+log = logging.getLogger(__name__)
 
 
 def local_engine_env() -> dict[str, str]:
@@ -36,7 +40,9 @@ def contenders(work_dir: Path) -> dict[str, Contender]:
     env = local_engine_env()
 
     def floor(round_index: int) -> float:
-        return timed_command(["sh", str(BENCH_DIR / "floor.sh"), str(PROJECT_DIR), f"{os.getpid()}-{round_index}"],
+        floor_labels = [f"{key}={value}" for key, value in labels.managed_labels("bench-floor").items()]
+        return timed_command(["sh", str(BENCH_DIR / "floor.sh"), str(PROJECT_DIR), f"{os.getpid()}-{round_index}",
+                              *floor_labels],
                              work_dir / f"dind-job-floor-{round_index}.log", env=env)
 
     def ours(round_index: int) -> float:
@@ -92,29 +98,44 @@ def _peer_checkout(directory: Path) -> Path:
     return directory
 
 
-# gitlab-ci-local names its containers and volumes gcl-<job>-<id>... and its service networks
-# gitlab-ci-local-<id>. It removes them itself, except when a round dies half-way.
+# gitlab-ci-local names its build containers, volumes and service networks with these prefixes.
+# It leaves the service containers unnamed, so those are found by their images instead.
 _PEER_PREFIXES = {"container": "gcl-", "volume": "gcl-", "network": "gitlab-ci-local-"}
+_PEER_RUN_IMAGES = frozenset({"docker:dind", "docker:stable", PEER_HELPER_IMAGE, "sumina46/wait-for-it:latest"})
 
 
 def _peer_resources() -> dict[str, set[str]]:
-    """Return the names of gitlab-ci-local's containers, volumes and networks on the engine."""
-    commands = {"container": ["docker", "ps", "-a", "--format", "{{.Names}}"],
-                "volume": ["docker", "volume", "ls", "--format", "{{.Name}}"],
-                "network": ["docker", "network", "ls", "--format", "{{.Name}}"]}
-    found = {}
-    for kind, command in commands.items():
-        output = subprocess.run(command, capture_output=True, text=True, check=False).stdout
-        found[kind] = {name for name in output.split() if name.startswith(_PEER_PREFIXES[kind])}
+    """Return the containers, volumes and networks on the engine that gitlab-ci-local may have made.
+
+    Containers are those without the harness's label that carry a gitlab-ci-local name or run one
+    of the pipeline's images; volumes and networks go by name.
+    """
+    found = {"container": set(), "volume": set(), "network": set()}
+    containers = subprocess.run(["docker", "ps", "-a", "--format",
+                                 f'{{{{.ID}}}} {{{{.Names}}}} {{{{.Image}}}} {{{{.Label "{labels.MANAGED}"}}}}'],
+                                capture_output=True, text=True, check=False).stdout
+    for line in containers.splitlines():
+        container_id, name, image, *managed = line.split()
+        if not managed and (name.startswith(_PEER_PREFIXES["container"]) or image in _PEER_RUN_IMAGES):
+            found["container"].add(container_id)
+    for kind in ("volume", "network"):
+        names = subprocess.run(["docker", kind, "ls", "--format", "{{.Name}}"],
+                               capture_output=True, text=True, check=False).stdout
+        found[kind] = {name for name in names.split() if name.startswith(_PEER_PREFIXES[kind])}
     return found
 
 
 def _remove_peer_leftovers(before: dict[str, set[str]]) -> None:
-    """Remove what a gitlab-ci-local round created and left behind; what existed before stays."""
+    """Remove what a gitlab-ci-local round created and left behind, and keep what existed before.
+
+    NOTE: an unlabelled container that another process starts from one of the pipeline's images
+    during the round is removed too. Run the benchmark on an engine of its own.
+    """
     after = _peer_resources()
     removals = {"container": ["docker", "rm", "-f", "-v"], "network": ["docker", "network", "rm"],
                 "volume": ["docker", "volume", "rm", "-f"]}
     for kind in ("container", "network", "volume"):
         leftovers = sorted(after[kind] - before[kind])
         if leftovers:
+            log.info("removing what the gitlab-ci-local round left: %s %s", kind, ", ".join(leftovers))
             subprocess.run([*removals[kind], *leftovers], capture_output=True, check=False)

@@ -1,28 +1,35 @@
 #!/bin/sh
 # The physical floor of the DinD build benchmark: the containers a docker executor needs for one
 # job of bench/pipelines/dind-build, made with plain docker CLI calls and nothing else.
-# Usage: floor.sh PROJECT_DIR RUN_ID
-# Everything carries the label dind-dood-harness.bench=floor and is removed on exit.
+# Usage: floor.sh PROJECT_DIR RUN_ID [LABEL=VALUE ...]
+# Everything carries the label dind-dood-harness.bench=floor and the given labels (the bench
+# passes its session's, so a sweep of a killed run finds them) and is removed on exit.
 set -eu
 
 project=$(cd "$1" && pwd)
 run_id=$2
+shift 2
 network="bench-floor-$run_id"
 service="bench-floor-$run_id-dind"
-label="dind-dood-harness.bench=floor"
+job="bench-floor-$run_id-job"
+set -- --label "dind-dood-harness.bench=floor" $(for label in "$@"; do printf -- '--label %s ' "$label"; done)
 
+# The job container goes first: the network cannot be removed while a container is attached.
 remove() {
-    docker rm -f -v "$service" >/dev/null 2>&1 || true
+    docker rm -f -v "$job" "$service" >/dev/null 2>&1 || true
     docker network rm "$network" >/dev/null 2>&1 || true
 }
-trap remove EXIT INT TERM
+trap remove EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
 
-docker network create --label "$label" "$network" >/dev/null
-docker run -d --privileged --label "$label" --name "$service" --network "$network" --network-alias docker \
+docker network create "$@" "$network" >/dev/null
+docker run -d --privileged "$@" --name "$service" --network "$network" --network-alias docker \
     -e DOCKER_TLS_CERTDIR= docker:dind >/dev/null
 
 # The job: the same three script lines as the pipeline, on a bind mount of the project.
-docker run --rm --label "$label" --network "$network" -e DOCKER_HOST=tcp://docker:2375 \
+docker run --rm "$@" --name "$job" --network "$network" -e DOCKER_HOST=tcp://docker:2375 \
     -v "$project:/builds/bench/dind-build" -w /builds/bench/dind-build docker:stable sh -c '
         until docker info >/dev/null 2>&1; do sleep 0.2; done
         docker build -t bench/hello:1 .

@@ -10,8 +10,9 @@ import docker.errors
 from bench.rounds import Contender, RoundFailed
 from harness import labels
 from harness.engine_versions import EngineVersions
+from harness.image_catalog import load_catalog
 
-# The dind stand-ins of docker/images.toml. All run Debian's dockerd 20.10, so the rows differ in
+# The dind stand-ins of docker/images.toml. All run Debian's dockerd 20.10, so they differ in
 # entrypoint behaviour (TLS set-up, legacy flags), not in the daemon's code.
 DIND_TAGS = ("docker:dind", "docker:19.03.7-dind", "docker:1.12.6-dind")
 READY_TIMEOUT = 60.0
@@ -19,8 +20,31 @@ POLL_INTERVAL = 0.05
 
 
 def contenders(client: docker.DockerClient) -> dict[str, Contender]:
-    """Return one contender per dind tag; each round starts a fresh service and removes it."""
-    return {tag: _measure(client, tag) for tag in DIND_TAGS}
+    """Return one contender per distinct dind image; each round starts a fresh service and removes it."""
+    return {tag: _measure(client, tag) for tag in dind_tags(client)}
+
+
+def dind_tags(client: docker.DockerClient) -> list[str]:
+    """Return the first tag of each distinct dind image on the engine.
+
+    The stand-ins come first. The engine matrix's real dockerd images (``docker:20.10-dind``,
+    ``docker:26.1-dind``, ``docker:28.5-dind``) join when they were built, which
+    ``harness images build dind-20 dind-26 dind-28`` does; only they compare daemon versions.
+    A tag that names the same image as an earlier one is left out, because it would time the
+    same daemon twice.
+    """
+    engine_tags = [recipe.tags[0] for recipe in load_catalog().values()
+                   if recipe.on_demand and recipe.tags[0].endswith("-dind")]
+    first_tag: dict[str, str] = {}
+    for tag in [*DIND_TAGS, *engine_tags]:
+        try:
+            image_id = client.images.get(tag).id
+        except docker.errors.ImageNotFound:
+            if tag in DIND_TAGS:
+                raise
+            continue
+        first_tag.setdefault(image_id, tag)
+    return list(first_tag.values())
 
 
 def _measure(client: docker.DockerClient, tag: str) -> Contender:
@@ -69,6 +93,6 @@ def _info_succeeds(address: str) -> bool:
 def daemon_versions(client: docker.DockerClient) -> dict[str, str]:
     """Return the engine version inside each dind tag, as `harness images list` shows it."""
     probe = EngineVersions(client)
-    versions = {tag: probe.of(tag, client.images.get(tag).id) for tag in DIND_TAGS}
+    versions = {tag: probe.of(tag, client.images.get(tag).id) for tag in dind_tags(client)}
     probe.save()
     return versions

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime
+import os
 import platform
+import shlex
 from pathlib import Path
 
 from bench.stats import Comparison, Series, linear_fit, median_table, ratio_table
@@ -50,22 +52,29 @@ def write_markdown(path: Path, series: list[Series], comparisons: list[Compariso
     return text
 
 
-def run_header(args, selection: list[str], engine_version: str) -> dict[str, str]:
+def run_header(args, selection: list[str], engine_version: str, argv: list[str]) -> dict[str, str]:
     """Return the facts a results page starts with: when, where and how it was measured."""
-    return {
+    rounds = str(args.rounds)
+    if "seed" in selection:
+        rounds += f", the seed benchmark {args.seed_rounds}"
+    header = {
         "date (UTC)": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "machine": f"{platform.machine()}, {_cpu_count()} CPUs, Python {platform.python_version()}",
         "engine": f"Docker {engine_version}",
-        "rounds": f"{args.rounds}, the seed benchmark {args.seed_rounds}",
-        "seed host engine": args.seed_host_engine,
-        "benchmarks": ", ".join(selection),
-        "command": "make bench (bench/__main__.py)",
+        "rounds": rounds,
     }
+    if "seed" in selection:
+        header["seed host engine"] = args.seed_host_engine
+    if "seeding" in selection:
+        header["seeding sizes"] = f"{args.seed_sizes} MB"
+    header["benchmarks"] = ", ".join(selection)
+    # make exports MAKELEVEL to the commands of its recipes.
+    command = shlex.join(["python", "-m", "bench", *argv])
+    header["command"] = f"make bench, which ran {command}" if "MAKELEVEL" in os.environ else command
+    return header
 
 
 def _cpu_count() -> int:
-    import os
-
     return os.cpu_count() or 0
 
 

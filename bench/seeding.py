@@ -49,11 +49,14 @@ class SeedingResult:
 
 def run(client: docker.DockerClient, sizes_mb: list[int], rounds: int) -> SeedingResult:
     """Build the blob images, seed fresh dind daemons ``rounds`` times per size and method, remove it all."""
-    images = {size: _build_blob(client, size) for size in sizes_mb}
+    images: dict[int, str] = {}
+    top = None
     largest = max(sizes_mb)
-    top = _build_top(client, images[largest])
     series: list[Series] = []
     try:
+        for size in sizes_mb:
+            images[size] = _build_blob(client, size)
+        top = _build_top(client, images[largest])
         with Mirror(client).with_images([]) as mirror:
             hub = {size: _push(mirror, images[size], f"{HUB_PREFIX}:{size}mb", series) for size in sizes_mb}
             hub_top = _push(mirror, top, f"{HUB_PREFIX}:{largest}mb-plus-{TOP_LAYER_MB}mb", series)
@@ -63,7 +66,8 @@ def run(client: docker.DockerClient, sizes_mb: list[int], rounds: int) -> Seedin
                                (images[largest], hub[largest]), rounds)
     finally:
         for reference in [top, *images.values()]:
-            _remove_image(client, reference)
+            if reference is not None:
+                _remove_image(client, reference)
     megabytes = {f"{size} MB": float(size) for size in sizes_mb}
     return SeedingResult(series, megabytes)
 
@@ -80,8 +84,12 @@ def _compare(client, mirror: Mirror, name: str, local: str, hub: str, base: tupl
             except RoundFailed as error:
                 target.failures += 1
                 log.warning("%s: %s failed: %s", target.benchmark, target.contender, error)
-    log.info("%s: mirror pull %s s, save-load %s s", name, pull.seconds, load.seconds)
+    log.info("%s: mirror pull %s s, save-load %s s", name, _seconds(pull), _seconds(load))
     return [pull, load]
+
+
+def _seconds(series: Series) -> str:
+    return ", ".join(f"{value:.2f}" for value in series.seconds) or "none"
 
 
 def _in_fresh_daemon(client, mirror: Mirror, local: str, hub: str, base: tuple[str, str] | None, method) -> float:

@@ -36,10 +36,11 @@ class Leftovers:
     containers: list[tuple[str, str]] = field(default_factory=list)
     networks: list[tuple[str, str]] = field(default_factory=list)
     volumes: list[tuple[str, str]] = field(default_factory=list)
+    images: list[tuple[str, str]] = field(default_factory=list)
 
     def count(self) -> int:
         """Return the number of resources found."""
-        return len(self.containers) + len(self.networks) + len(self.volumes)
+        return len(self.containers) + len(self.networks) + len(self.volumes) + len(self.images)
 
 
 def _pid_alive(pid: str) -> bool:
@@ -62,7 +63,10 @@ def _selected(resource_labels: dict[str, str], session: str | None, dead_only: b
 
 def clean(client: docker.DockerClient, session: str | None = None, dead_only: bool = False,
           dry_run: bool = False) -> Leftovers:
-    """Remove labelled containers (with their anonymous volumes), then networks, then volumes.
+    """Remove labelled containers (with their anonymous volumes), then networks, volumes and images.
+
+    Only images that carry a session label are removed: those a session built for itself, such
+    as the benchmark's seeding images. Stand-ins and the engine probe carry no session label.
 
     Args:
         client: the engine to clean.
@@ -98,14 +102,28 @@ def clean(client: docker.DockerClient, session: str | None = None, dead_only: bo
             if not dry_run:
                 _ignore_missing(volume.remove, force=True)
 
+    _clean_images(client, found, session, dead_only, dry_run)
     if not dry_run:
         _remove_host_trust(found)
         _remove_sandbox_directories(found)
         _remove_session_files(client, session, dead_only, _sessions(found))
     if found.count():
-        log.info("%s %d containers, %d networks, %d volumes", "found" if dry_run else "removed",
-                 len(found.containers), len(found.networks), len(found.volumes))
+        log.info("%s %d containers, %d networks, %d volumes, %d images", "found" if dry_run else "removed",
+                 len(found.containers), len(found.networks), len(found.volumes), len(found.images))
     return found
+
+
+def _clean_images(client: docker.DockerClient, found: Leftovers, session: str | None, dead_only: bool,
+                  dry_run: bool) -> None:
+    """Remove the selected session-labelled images, after the containers that could use them."""
+    for summary in client.api.images(filters=labels.managed_filter()):
+        image_labels = summary.get("Labels") or {}
+        if labels.SESSION not in image_labels or not _selected(image_labels, session, dead_only):
+            continue
+        name = next((tag for tag in summary.get("RepoTags") or [] if tag != "<none>:<none>"), summary["Id"][7:19])
+        found.images.append((name, image_labels[labels.SESSION]))
+        if not dry_run:
+            _ignore_missing(client.api.remove_image, image=summary["Id"], force=True)
 
 
 def _remove_host_trust(found: Leftovers) -> None:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import re
-import signal
 import sys
 from pathlib import Path
 
-from harness import labels
+from harness import interrupts, labels
 from harness.errors import HarnessError
 
 log = logging.getLogger(__name__)
@@ -68,7 +67,8 @@ def _clean(args: argparse.Namespace) -> int:
     found = cleanup.clean(engine.require_engine(), session=args.session, dead_only=not args.all,
                           dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
-    for kind, rows in (("container", found.containers), ("network", found.networks), ("volume", found.volumes)):
+    for kind, rows in (("container", found.containers), ("network", found.networks), ("volume", found.volumes),
+                       ("image", found.images)):
         for name, session in rows:
             print(f"{verb} {kind} {name} (session {session or '?'})")
     print(f"{found.count()} labelled resources {'left over' if args.dry_run else 'removed'}")
@@ -426,9 +426,7 @@ def main(argv: list[str] | None = None, *, sweep_session: bool | None = None) ->
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     logging.getLogger("docker").setLevel(logging.WARNING)
-    # A closed terminal or a lost SSH connection sends SIGHUP, which must tear down as well.
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _interrupt)
+    interrupts.install()
     try:
         if sweep_session and args.command in SWEEPING_COMMANDS:
             _remove_dead_sessions()
@@ -440,29 +438,14 @@ def main(argv: list[str] | None = None, *, sweep_session: bool | None = None) ->
         if sweep_session:
             _remove_session_leftovers()
         print("harness: interrupted; what this run created has been removed", file=sys.stderr)
-        # The shell convention: 128 plus the signal number (130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP).
-        return 128 + (_interrupted_by[0] if _interrupted_by else signal.SIGINT)
+        return interrupts.exit_status()
     finally:
         if sweep_session:
             _remove_session_leftovers()
 
 
-_interrupted_by: list[int] = []
 # Commands that start containers; each first removes what killed sessions left.
 SWEEPING_COMMANDS = frozenset({"run", "report", "demo", "matrix", "pod"})
-
-
-def _interrupt(signum, frame) -> None:
-    """Turn the first SIGINT, SIGTERM or SIGHUP into KeyboardInterrupt, so every ExitStack unwinds.
-
-    Later signals only log, because a second KeyboardInterrupt in the middle of the teardown
-    would leave half of what the run created behind.
-    """
-    if _interrupted_by:
-        log.warning("teardown in progress: it removes what this run created; wait for it to finish")
-        return
-    _interrupted_by.append(signum)
-    raise KeyboardInterrupt
 
 
 def _remove_dead_sessions() -> None:

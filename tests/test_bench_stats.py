@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from bench.__main__ import comparisons, main
-from bench.report import growth_table
+from bench.__main__ import build_parser, comparisons, main
+from bench.report import growth_table, run_header
 from bench.stats import Comparison, Series, linear_fit, median_table, ratio, ratio_table
 from bench.timing import LoadSampler, RunClock, StepTime, load_summary, step_table, wall_time_line
 
@@ -95,6 +95,58 @@ def test_bench_command_rejects_zero_rounds(capsys, option):
 def test_bench_command_rejects_invalid_sizes(capsys):
     assert main(["--seed-sizes", "4,big"]) == 2
     assert "--seed-sizes '4,big': invalid" in capsys.readouterr().err
+
+
+def test_bench_command_rejects_empty_selection(capsys):
+    assert main(["--only", ","]) == 2
+    assert "--only ',': no benchmark named" in capsys.readouterr().err
+
+
+def test_bench_command_rejects_huge_size(capsys):
+    # Catches a size whose random bytes would not fit in memory (a MemoryError traceback before).
+    assert main(["--seed-sizes", "4,999999"]) == 2
+    assert "from 1 to 1024" in capsys.readouterr().err
+
+
+def test_bench_command_checks_results_first(capsys, tmp_path):
+    results = tmp_path / "a-file"
+    results.write_text("")
+
+    # Catches a results path that fails only after every round has run.
+    assert main(["--only", "readiness", "--results", str(results)]) == 2
+    assert f"--results {results}: cannot write there" in capsys.readouterr().err
+
+
+def test_bench_command_rejects_bad_session_id(capsys, monkeypatch):
+    monkeypatch.setenv("HARNESS_SESSION_ID", "ZZ")
+
+    assert main(["--only", "readiness"]) == 2
+    assert 'HARNESS_SESSION_ID: "ZZ" is invalid' in capsys.readouterr().err
+
+
+def test_run_header_names_make_and_command(monkeypatch):
+    args = build_parser().parse_args(["--only", "readiness"])
+    monkeypatch.setenv("MAKELEVEL", "1")
+
+    header = run_header(args, ["readiness"], "20.10.24", ["--only", "readiness"])
+
+    assert header["command"] == "make bench, which ran python -m bench --only readiness"
+    assert header["rounds"] == "3"
+    # Seed and seeding facts belong only to runs that include those benchmarks.
+    assert "seed host engine" not in header
+    assert "seeding sizes" not in header
+
+
+def test_run_header_without_make(monkeypatch):
+    args = build_parser().parse_args(["--only", "seed,seeding", "--seed-sizes", "4,8"])
+    monkeypatch.delenv("MAKELEVEL", raising=False)
+
+    header = run_header(args, ["seed", "seeding"], "20.10.24", ["--only", "seed,seeding", "--seed-sizes", "4,8"])
+
+    assert header["command"] == "python -m bench --only seed,seeding --seed-sizes 4,8"
+    assert header["rounds"] == "3, the seed benchmark 1"
+    assert header["seed host engine"] == "sandbox"
+    assert header["seeding sizes"] == "4,8 MB"
 
 
 def test_run_clock_adds_up_repeated_step(monkeypatch):

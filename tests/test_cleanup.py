@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import os
 import secrets
 import shutil
 import subprocess
+import tarfile
 import time
 
+import docker.errors
 import pytest
 
-from harness import cleanup
+from harness import cleanup, labels
 from harness.registry_container import OWNER_PID_FILE
 from harness.registry_trust import registry_state_dir
 
@@ -45,3 +48,50 @@ def test_sweep_keeps_live_owner_wiring(engine_client):
     finally:
         shutil.rmtree(live, ignore_errors=True)
         shutil.rmtree(dead, ignore_errors=True)
+
+
+def _session_image(client, session: str, owner_pid: int) -> str:
+    """Build a one-file image labelled as ``session``'s, owned by ``owner_pid``; return its id."""
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as archive:
+        dockerfile = b"FROM scratch\nCOPY marker /marker\n"
+        for name, data in (("Dockerfile", dockerfile), ("marker", session.encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    context.seek(0)
+    image_labels = {labels.MANAGED: "true", labels.SESSION: session, labels.OWNER_PID: str(owner_pid)}
+    image, _ = client.images.build(fileobj=context, custom_context=True, tag=f"dind-dood-harness/sweep-test:{session}",
+                                   rm=True, labels=image_labels)
+    return image.id
+
+
+def test_sweep_removes_dead_session_images(engine_client):
+    dead_session, live_session = secrets.token_hex(4), secrets.token_hex(4)
+    dead = _session_image(engine_client, dead_session, _finished_pid())
+    live = _session_image(engine_client, live_session, os.getpid())
+    try:
+        found = cleanup.clean(engine_client, dead_only=True)
+
+        # Catches a sweep that leaves images a killed session built, such as the benchmark's.
+        assert (f"dind-dood-harness/sweep-test:{dead_session}", dead_session) in found.images
+        with pytest.raises(docker.errors.ImageNotFound):
+            engine_client.images.get(dead)
+        assert engine_client.images.get(live).id == live
+    finally:
+        for image in (dead, live):
+            try:
+                engine_client.images.remove(image, force=True)
+            except docker.errors.ImageNotFound:
+                pass
+
+
+def test_sweep_keeps_images_without_session(engine_client):
+    sessionless = {tag for summary in engine_client.api.images(filters=labels.managed_filter())
+                   if labels.SESSION not in (summary.get("Labels") or {}) for tag in summary.get("RepoTags") or []}
+
+    found = cleanup.clean(engine_client, dead_only=True, dry_run=True)
+
+    # The privileged probe image is managed but belongs to no session; a sweep must never take it.
+    assert sessionless
+    assert not sessionless & {name for name, _ in found.images}
