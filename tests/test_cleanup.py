@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import io
 import os
 import secrets
 import shutil
 import subprocess
-import tarfile
 import time
 
 import docker.errors
@@ -16,6 +14,7 @@ import pytest
 from harness import cleanup, labels
 from harness.registry_container import OWNER_PID_FILE
 from harness.registry_trust import registry_state_dir
+from scratch_images import build_scratch_image
 
 pytestmark = pytest.mark.engine
 
@@ -51,19 +50,9 @@ def test_sweep_keeps_live_owner_wiring(engine_client):
 
 
 def _session_image(client, session: str, owner_pid: int) -> str:
-    """Build a one-file image labelled as ``session``'s, owned by ``owner_pid``; return its id."""
-    context = io.BytesIO()
-    with tarfile.open(fileobj=context, mode="w") as archive:
-        dockerfile = b"FROM scratch\nCOPY marker /marker\n"
-        for name, data in (("Dockerfile", dockerfile), ("marker", session.encode())):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    context.seek(0)
+    """Build an image labelled as ``session``'s and owned by ``owner_pid``, and return its id."""
     image_labels = {labels.MANAGED: "true", labels.SESSION: session, labels.OWNER_PID: str(owner_pid)}
-    image, _ = client.images.build(fileobj=context, custom_context=True, tag=f"dind-dood-harness/sweep-test:{session}",
-                                   rm=True, labels=image_labels)
-    return image.id
+    return build_scratch_image(client, f"dind-dood-harness/sweep-test:{session}", image_labels)
 
 
 def test_sweep_removes_dead_session_images(engine_client):

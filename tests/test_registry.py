@@ -5,10 +5,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.client
-import io
-import ssl
-import tarfile
 import secrets
+import ssl
 import time
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from harness.registry_trust import (
     remove_hosts_blocks,
 )
 from harness.run import remove_host_leftovers
+from scratch_images import build_scratch_image
 
 SEED_HOST = "registry.cn-beijing.aliyuncs.com"
 DIND_IMAGE = "docker:19.03.7-dind"
@@ -182,20 +181,6 @@ def _get_v2(registry: Registry, authorization: tuple[str, str] | None) -> int:
         connection.close()
 
 
-def _scratch_image(client: docker.DockerClient, tag: str) -> str:
-    """Build a one-file image FROM scratch on the host engine, which needs no base image."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for name, data in (("Dockerfile", b"FROM scratch\nCOPY stamp /stamp\n"), ("stamp", tag.encode())):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    buffer.seek(0)
-    image, _ = client.images.build(fileobj=buffer, custom_context=True, tag=tag,
-                                   labels=labels.managed_labels("test-image"), rm=True)
-    return image.id
-
-
 def _exec(container, command: str) -> str:
     result = container.exec_run(["sh", "-c", command])
     output = result.output.decode(errors="replace")
@@ -317,7 +302,7 @@ def test_registry_failed_start_leaves_nothing(engine_client):
 @pytest.mark.registry
 def test_host_engine_push_pull(engine_client, seed_host_lock, seed_registry):
     reference = f"{SEED_HOST}/devopsman/host-test"
-    image_id = _scratch_image(engine_client, f"{reference}:1")
+    image_id = build_scratch_image(engine_client, f"{reference}:1", labels.managed_labels("test-image"))
     trust = seed_registry.install_host_trust()
     auth = {"username": seed_registry.username, "password": seed_registry.password}
     try:
