@@ -108,7 +108,7 @@ def _peer_resources() -> dict[str, set[str]]:
     """Return the containers, volumes and networks on the engine that gitlab-ci-local may have made.
 
     Containers are those without the harness's label that carry a gitlab-ci-local name or run one
-    of the pipeline's images; volumes and networks go by name.
+    of the pipeline's images. Volumes and networks are found by name.
     """
     found = {"container": set(), "volume": set(), "network": set()}
     containers = subprocess.run(["docker", "ps", "-a", "--format",

@@ -2,8 +2,8 @@
 # The physical floor of the DinD build benchmark: the containers a docker executor needs for one
 # job of bench/pipelines/dind-build, made with plain docker CLI calls and nothing else.
 # Usage: floor.sh PROJECT_DIR RUN_ID [LABEL=VALUE ...]
-# Everything carries the label dind-dood-harness.bench=floor and the given labels (the bench
-# passes its session's, so a sweep of a killed run finds them) and is removed on exit.
+# Everything carries the label dind-dood-harness.bench=floor and the given labels, and is removed
+# on exit. The bench passes its session's labels, so a sweep after a killed run finds them.
 set -eu
 
 project=$(cd "$1" && pwd)
@@ -14,7 +14,7 @@ service="bench-floor-$run_id-dind"
 job="bench-floor-$run_id-job"
 set -- --label "dind-dood-harness.bench=floor" $(for label in "$@"; do printf -- '--label %s ' "$label"; done)
 
-# The job container goes first: the network cannot be removed while a container is attached.
+# The job container goes first, because the network cannot be removed while a container is attached.
 remove() {
     docker rm -f -v "$job" "$service" >/dev/null 2>&1 || true
     docker network rm "$network" >/dev/null 2>&1 || true

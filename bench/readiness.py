@@ -20,7 +20,7 @@ POLL_INTERVAL = 0.05
 
 
 def contenders(client: docker.DockerClient) -> dict[str, Contender]:
-    """Return one contender per distinct dind image; each round starts a fresh service and removes it."""
+    """Return one contender per distinct dind image. Each round starts a fresh service and removes it."""
     return {tag: _measure(client, tag) for tag in dind_tags(client)}
 
 
@@ -28,8 +28,8 @@ def dind_tags(client: docker.DockerClient) -> list[str]:
     """Return the first tag of each distinct dind image on the engine.
 
     The stand-ins come first. The engine matrix's real dockerd images (``docker:20.10-dind``,
-    ``docker:26.1-dind``, ``docker:28.5-dind``) join when they were built, which
-    ``harness images build dind-20 dind-26 dind-28`` does; only they compare daemon versions.
+    ``docker:26.1-dind``, ``docker:28.5-dind``) join once ``harness images build dind-20 dind-26
+    dind-28`` has built them. Only they compare daemon versions.
     A tag that names the same image as an earlier one is left out, because it would time the
     same daemon twice.
     """

@@ -65,8 +65,8 @@ def clean(client: docker.DockerClient, session: str | None = None, dead_only: bo
           dry_run: bool = False) -> Leftovers:
     """Remove labelled containers (with their anonymous volumes), then networks, volumes and images.
 
-    Only images that carry a session label are removed: those a session built for itself, such
-    as the benchmark's seeding images. Stand-ins and the engine probe carry no session label.
+    Only images that carry a session label are removed, which are those a session built for
+    itself, such as the benchmark's seeding images. Stand-ins and the engine probe carry none.
 
     Args:
         client: the engine to clean.

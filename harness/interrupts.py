@@ -1,7 +1,7 @@
 """Turn SIGINT, SIGTERM and SIGHUP into one KeyboardInterrupt, so a command's teardown runs once.
 
-A closed terminal or a lost SSH connection sends SIGHUP and a CI job timeout or ``kill`` sends
-SIGTERM; each must tear down what the command created, as Ctrl-C does.
+A closed terminal or a lost SSH connection sends SIGHUP, and a CI job timeout or ``kill`` sends
+SIGTERM. Each must tear down what the command created, as Ctrl-C does.
 """
 
 from __future__ import annotations
