@@ -36,7 +36,9 @@ def _wait_for(client, session: str, condition) -> None:
 
 
 def _session_containers(client, session: str) -> list:
-    return client.containers.list(all=True, filters=labels.session_filter(session))
+    # Sparse: a full listing inspects each container, and the seeding round removes its containers
+    # between the listing and the inspection (a 404 that failed this test once in CI).
+    return client.containers.list(all=True, sparse=True, filters=labels.session_filter(session))
 
 
 def _session_images(client, session: str) -> list:

@@ -131,7 +131,7 @@ def kill_dind_during_build(client, run) -> None:
     def building_service():
         filters = {"label": [f"{labels.SESSION}={labels.session_id()}", f"{labels.PREFIX}.role=service"],
                    "status": "running"}
-        for container in client.containers.list(filters=filters):
+        for container in client.containers.list(sparse=True, filters=filters):
             try:
                 processes = container.top()["Processes"] or []
             except docker.errors.APIError:
@@ -147,7 +147,7 @@ def kill_dind_during_build(client, run) -> None:
 def stop_registry_during_push(client, run) -> None:
     def pushing_registry():
         filters = {"label": [f"{labels.SESSION}={labels.session_id()}", f"{labels.PREFIX}.registry-role=registry"]}
-        for container in client.containers.list(filters=filters):
+        for container in client.containers.list(sparse=True, filters=filters):
             if "POST /v2/group/large/blobs/uploads/" in container.logs(tail=50).decode(errors="replace"):
                 return container
         return None
