@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import subprocess
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,10 @@ MARKER_FILE = ".dind-dood-harness"
 CA_LIFETIME = datetime.timedelta(days=3650)
 CA_RENEW_BEFORE = datetime.timedelta(days=90)
 SERVER_LIFETIME = datetime.timedelta(days=30)
+# Go's resolver keeps its copy of the hosts file for 5 s without checking the file (cacheMaxAge in
+# Go's net/hosts.go). For that long a daemon written in Go, such as dockerd, may still send a name to
+# the address it had before the harness changed the file.
+DAEMON_HOSTS_CACHE_SECONDS = 5.0
 
 
 def registry_state_dir() -> Path:
@@ -251,6 +256,7 @@ class HostTrust:
         self._trust_dirs: list[Path] = []
         self._created_dirs: list[Path] = []
         self._hosts_written = False
+        self._hosts_written_at: float | None = None
 
     @property
     def dns_names(self) -> list[str]:
@@ -271,6 +277,7 @@ class HostTrust:
                 entries = {name: self.ip for name in self.dns_names}
                 _rewrite_in_place(self.hosts_file, lambda text: add_hosts_block(text, self.block_id, entries))
                 self._hosts_written = True
+                self._hosts_written_at = time.monotonic()
                 self._verify_resolution()
         except OSError as error:
             self.remove()
@@ -281,11 +288,30 @@ class HostTrust:
             raise
         log.info("host engine trusts %s at %s", ", ".join(self.names), self.ip)
 
+    def wait_for_daemon_cache(self) -> float:
+        """Wait until no daemon can still hold the hosts file from before :meth:`install`.
+
+        A daemon that read the file just before the new block was written keeps that copy for
+        ``DAEMON_HOSTS_CACHE_SECONDS``, and meanwhile sends the names to their previous address,
+        such as another registry that got the same IP. Nothing waits if no block was written.
+
+        Returns:
+            The seconds waited.
+        """
+        if self._hosts_written_at is None:
+            return 0.0
+        remaining = self._hosts_written_at + DAEMON_HOSTS_CACHE_SECONDS - time.monotonic()
+        if remaining <= 0:
+            return 0.0
+        time.sleep(remaining)
+        return remaining
+
     def remove(self) -> None:
         """Delete what :meth:`install` wrote. Calling it again does nothing."""
         if self._hosts_written:
             _rewrite_in_place(self.hosts_file, lambda text: remove_hosts_blocks(text, self.block_id))
             self._hosts_written = False
+            self._hosts_written_at = None
         for directory in self._trust_dirs:
             (directory / "ca.crt").unlink(missing_ok=True)
             (directory / MARKER_FILE).unlink(missing_ok=True)

@@ -37,7 +37,7 @@ from harness.mirror_images import named_references, run_texts
 from harness.pipeline import CompiledJob, Pipeline, compile_pipeline, load_pipeline
 from harness.project import Project
 from harness.registry import DEFAULT_MIRROR_IMAGES, Registry, shared_mirror
-from harness.registry_trust import Wiring
+from harness.registry_trust import HostTrust, Wiring
 from harness.runner import (RUNNER_IMAGE, InProcessRunner, RunnerContainer, RunnerStopped, image_exists,
                             render_toml)
 from harness.executor.settings import DEFAULT_HELPER_IMAGE
@@ -256,6 +256,7 @@ class _Session:
         # The mode's kind, not its free-form name, decides how the registry and mirror are wired.
         self.kind = scenario.mode_files(mode).kind
         self.registry: Registry | None = None
+        self.host_trust: HostTrust | None = None
         # Set once the host engine stops answering; snapshots and teardown then skip it.
         self.host_lost = False
         self.secrets: list[str] = []
@@ -286,6 +287,7 @@ class _Session:
         queue = self._serve(coordinator, pipeline_id, compiled, snapshots)
         jobs: list[JobResult] = []
         if compiled.jobs:
+            self._wait_for_host_trust()
             runner = self._runner(config, wiring, project, coordinator, queue)
             # Registered after the runner, so teardown cancels the jobs before it removes the runner.
             self.stack.callback(_abort, queue)
@@ -455,7 +457,8 @@ class _Session:
             wiring = wiring + self.registry.wiring()
             if self.kind == "dood":
                 certs_dir, hosts_file = self.host.trust_paths()
-                self.registry.install_host_trust(certs_dir, hosts_file, resolve=self.host.resolver())
+                self.host_trust = self.registry.install_host_trust(certs_dir, hosts_file,
+                                                                   resolve=self.host.resolver())
             variables = [Variable(spec.user_variable, self.registry.username, masked=True, public=False),
                          Variable(spec.password_variable, self.registry.password, masked=True, public=False),
                          Variable(spec.address_variable, spec.hostname, masked=False, public=False)]
@@ -465,6 +468,13 @@ class _Session:
             # A sandbox daemon pulls what DooD jobs name (FROM lines, docker run) through the mirror.
             self._mirror()
         return variables, wiring
+
+    def _wait_for_host_trust(self) -> None:
+        """Keep DooD jobs from reaching the registry before the host's daemon reads the new hosts entry."""
+        if self.host_trust is None:
+            return
+        waited = self.host_trust.wait_for_daemon_cache()
+        log.debug("waited %.1f s for the host daemon's copy of %s to expire", waited, self.host_trust.hosts_file)
 
     def _mirror(self):
         """Return the shared pull mirror of the host's network, with the stand-ins this run names pushed."""

@@ -16,7 +16,9 @@ import pytest
 from harness import images, labels
 from harness.errors import ReadinessTimeout
 
-pytestmark = [pytest.mark.engine, pytest.mark.images]
+from worker_groups import DOCKER_STANDINS
+
+pytestmark = [pytest.mark.engine, pytest.mark.images, DOCKER_STANDINS]
 
 RUN_ID = f"{labels.session_id()}-{secrets.token_hex(3)}"
 STAND_INS = ["busybox", "alpine", "node", "httpd", "docker-cli", "docker-cli-legacy", "dind", "dind-legacy"]

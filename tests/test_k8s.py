@@ -24,10 +24,11 @@ from harness.errors import InputError
 from harness.kubernetes import Pod
 from harness.kubernetes_node import probe_docker_socket
 from harness.kubernetes_run import PodRun
-from harness.kubernetes_spec import load_pod
 from harness.kubernetes_spec import load_pod, parse_pod
 
-pytestmark = pytest.mark.k8s
+from worker_groups import KUBERNETES_PODS
+
+pytestmark = [pytest.mark.k8s, KUBERNETES_PODS]
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
 BACKOFF_SCALE = 0.1

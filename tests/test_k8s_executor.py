@@ -13,7 +13,9 @@ from harness.kubernetes_pipeline import run_folder_pipeline, run_pipeline_in_pod
 from harness.scenario import load_scenario
 from harness.variables import Variable
 
-pytestmark = [pytest.mark.k8s, pytest.mark.engine]
+from worker_groups import KUBERNETES_EXECUTOR
+
+pytestmark = [pytest.mark.k8s, pytest.mark.engine, KUBERNETES_EXECUTOR]
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
 SEED_IMAGE = "registry.cn-beijing.aliyuncs.com/devopsman/marionxue-ops:nodedemo"

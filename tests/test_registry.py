@@ -15,7 +15,7 @@ import docker.errors
 import pytest
 from cryptography import x509
 
-from harness import labels, locks
+from harness import labels, locks, registry_trust
 from harness.errors import RegistryError
 from harness.placement import HOST, Snapshot
 from harness.registry import Mirror, Registry, hub_repository, session_dir, validate_hostname
@@ -154,6 +154,43 @@ def test_host_trust_undone_when_name_does_not_resolve(tmp_path):
 
     assert hosts.read_text() == "127.0.0.1 localhost\n"
     assert not (tmp_path / "etc").exists()
+
+
+def _trust_in(tmp_path, names: list[str]) -> HostTrust:
+    """Return a host trust for 172.17.0.5 that writes to scratch files and resolves from them."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n")
+
+    def resolve(name: str, files_only: bool) -> set[str]:
+        return {"172.17.0.5"} if f"172.17.0.5\t{name}" in hosts.read_text() else set()
+
+    return HostTrust("172.17.0.5", b"ca", names, "reg", certs_root=tmp_path / "certs.d", hosts_file=hosts,
+                     resolve=resolve)
+
+
+def test_daemon_cache_wait_after_hosts_write(tmp_path, monkeypatch):
+    monkeypatch.setattr(registry_trust, "DAEMON_HOSTS_CACHE_SECONDS", 0.5)
+    trust = _trust_in(tmp_path, ["cached.harness.invalid"])
+    trust.install()
+    written = time.monotonic()
+
+    waited = trust.wait_for_daemon_cache()
+
+    # Catches a wait that ends before a copy of the file read just before the write expires.
+    assert time.monotonic() - written >= 0.45
+    assert 0 < waited <= 0.5
+    assert trust.wait_for_daemon_cache() == 0.0
+    trust.remove()
+
+
+def test_daemon_cache_no_wait_without_names(tmp_path, monkeypatch):
+    monkeypatch.setattr(registry_trust, "DAEMON_HOSTS_CACHE_SECONDS", 30.0)
+    trust = _trust_in(tmp_path, ["172.17.0.5"])
+    trust.install()
+
+    # An IP address gets a certs.d entry only, so the hosts file is unchanged and nothing waits.
+    assert trust.wait_for_daemon_cache() == 0.0
+    trust.remove()
 
 
 # Engine tests: real registry containers, a real dind daemon, the host engine.
@@ -307,6 +344,9 @@ def test_host_engine_push_pull(engine_client, seed_host_lock, seed_registry):
     auth = {"username": seed_registry.username, "password": seed_registry.password}
     try:
         assert f"{seed_registry.ip}\t{SEED_HOST}" in Path("/etc/hosts").read_text()
+        # Without the wait, the daemon may use an older copy of the hosts file and send the login to
+        # another test's registry, which rejects it with 401 (seen under pytest-xdist).
+        trust.wait_for_daemon_cache()
         engine_client.login(registry=SEED_HOST, **auth)
         events = list(engine_client.images.push(reference, tag="1", auth_config=auth, stream=True, decode=True))
         assert not [event for event in events if "error" in event], events
@@ -325,7 +365,8 @@ def test_host_engine_push_pull(engine_client, seed_host_lock, seed_registry):
 
 @pytest.mark.registry
 def test_host_engine_login_wrong_password(engine_client, seed_host_lock, seed_registry):
-    seed_registry.install_host_trust()
+    # An older copy of the hosts file could send the login to another registry, which also rejects it.
+    seed_registry.install_host_trust().wait_for_daemon_cache()
 
     with pytest.raises(docker.errors.APIError, match="401|unauthorized"):
         engine_client.login(registry=SEED_HOST, username=seed_registry.username, password="wrong", reauth=True)

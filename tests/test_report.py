@@ -15,6 +15,8 @@ from harness.placement import ContainerRecord, Placement, Snapshot
 from harness.report import clean_trace, placement_properties, render_report, write_report
 from harness.run import JobResult, RunResult
 
+from worker_groups import SEED_RUNS
+
 # Chromium flags that keep a headless browser off the network: no background updates, sync,
 # component downloads, QUIC or first-run pings.
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -123,6 +125,7 @@ def seed_dom(scenario_runs, tmp_path_factory) -> _Elements:
 @pytest.mark.dind
 @pytest.mark.dood
 @pytest.mark.slow
+@SEED_RUNS
 class TestSeedReportInBrowser:
     def test_dind_boxes(self, seed_dom) -> None:
         daemons = {attrs["data-daemon"] for attrs in seed_dom.having("data-daemon", "dind") if attrs.get("class") == "daemon"}

@@ -20,6 +20,8 @@ from harness.errors import EngineError
 from harness.sandbox import SandboxEngine, sandboxes_dir
 from harness.scenario import load_scenario
 
+from worker_groups import SEED_RUNS
+
 pytestmark = [pytest.mark.engine, pytest.mark.dood]
 
 
@@ -31,8 +33,7 @@ def sandbox_host(host_engine):
 
 
 SEED_IMAGE = "registry.cn-beijing.aliyuncs.com/devopsman/marionxue-ops:nodedemo"
-# Held while the real engine has, or must not get, the seed's container and image names; the
-# Kubernetes executor's seed tests take it too.
+# Held while the real engine has, or must not get, the seed's container and image names.
 REAL_ENGINE_SEED_LOCK = "real-engine-seed-names"
 
 
@@ -73,6 +74,7 @@ def test_dood_run_spares_real_engine(engine_client, sandbox_host, sentinel):
     result.placement.image(SEED_IMAGE).only_in("host")
 
 
+@SEED_RUNS
 def test_result_names_sandbox_host(engine_client, sandbox_host, scenario_runs):
     result = scenario_runs("seed", "dood")
 
@@ -155,6 +157,7 @@ def test_local_host_warns(engine_client, caplog):
     assert host.LOCAL_WARNING in caplog.text
 
 
+@SEED_RUNS
 def test_engine_stop_mid_job_fails_job(engine_client, sandbox_host, scenario_runs):
     doomed = sandbox_host.another_sandbox()
     try:

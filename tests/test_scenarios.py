@@ -16,17 +16,21 @@ from harness.errors import InputError
 from harness.expectations import evaluate
 from harness.scenario import SCENARIOS_DIR, list_scenarios, load_scenario
 
+from worker_groups import SHARED_SCENARIO_RUNS
+
 
 def _scenario_params() -> list:
     params = []
     for scenario in list_scenarios():
         if not scenario.expectations:
             continue
+        shared = SHARED_SCENARIO_RUNS.get(scenario.folder.name)
         for mode, files in scenario.modes.items():
             # Bundled scenarios are run by folder name, the key the run_scenario fixture caches
-            # runs under, so a run that another test module also needs happens once per session.
-            params.append(pytest.param(scenario.folder.name, mode, id=f"{scenario.name}[{mode}]",
-                                       marks=[getattr(pytest.mark, files.kind), pytest.mark.engine]))
+            # runs under, so a run that another test module also needs happens once per session
+            # (and per worker: the shared ones go to one worker).
+            marks = [getattr(pytest.mark, files.kind), pytest.mark.engine, *([shared] if shared else [])]
+            params.append(pytest.param(scenario.folder.name, mode, id=f"{scenario.name}[{mode}]", marks=marks))
     return params
 
 

@@ -27,6 +27,8 @@ from harness.run import RunOptions, RunResult, run_scenario
 from harness.scenario import load_scenario
 from harness.variables import Variable
 
+from worker_groups import D10_REAL_ENGINE, D14_RUNS
+
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
 # The dind image declares this directory a VOLUME, so each service gets an anonymous host volume.
@@ -184,6 +186,7 @@ def _assert_jobs_overlapped(result: RunResult) -> None:
 
 
 @pytest.mark.dood
+@D14_RUNS
 def test_d14_dood_jobs_interfere(run_scenario):
     result = run_scenario("d14-concurrent-jobs-same-project", "dood")
 
@@ -195,6 +198,7 @@ def test_d14_dood_jobs_interfere(run_scenario):
 
 
 @pytest.mark.dind
+@D14_RUNS
 def test_d14_dind_jobs_isolated(run_scenario):
     result = run_scenario("d14-concurrent-jobs-same-project", "dind")
 
@@ -346,6 +350,7 @@ def _received_bytes(trace: str) -> int:
 
 
 @pytest.mark.dind
+@D10_REAL_ENGINE
 def test_d10_default_mtu_stalls(engine_client):
     result, state = _run_d10(engine_client, "dind-default-mtu")
     job = result.job("Download")
@@ -364,6 +369,7 @@ def test_d10_default_mtu_stalls(engine_client):
 
 
 @pytest.mark.dind
+@D10_REAL_ENGINE
 def test_d10_service_mtu_completes(engine_client):
     result, state = _run_d10(engine_client, "dind-mtu-1200")
     job = result.job("Download")

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import pytest
 
+from worker_groups import SEED_RUNS
+
+pytestmark = SEED_RUNS
+
 REPOSITORY = "devopsman/marionxue-ops"
 
 
