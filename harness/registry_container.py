@@ -242,9 +242,9 @@ class RegistryContainer:
         """Return every repository the registry stores, with its sorted tags, read through its API.
 
         Raises:
-            RegistryError: the registry is not started or a request failed.
+            RegistryError: the registry is not started, no longer runs, or a request failed.
         """
-        self._require_started()
+        self._require_running()
         # NOTE: one catalog page of up to 1000 repositories; the harness registries hold a few.
         repositories = self._get_json("/v2/_catalog?n=1000").get("repositories") or []
         return {repository: sorted(self._get_json(f"/v2/{repository}/tags/list").get("tags") or [])
@@ -291,6 +291,20 @@ class RegistryContainer:
     def _require_started(self) -> None:
         if self.container is None or not self.ip:
             raise RegistryError(f"{self.name} is not started; call start() first")
+
+    def _require_running(self) -> None:
+        # A stopped registry's IP address is free, and another container (such as another
+        # session's mirror, with the same CA) can get it and answer in the registry's place.
+        self._require_started()
+        try:
+            self.container.reload()
+        except docker.errors.NotFound as error:
+            raise RegistryError(f"{self.name} was removed; its address {self.ip} may belong to "
+                                "another container now") from error
+        state = self.container.attrs["State"]
+        if not state.get("Running"):
+            raise RegistryError(f"{self.name} is not running (exit code {state.get('ExitCode')}); "
+                                f"its address {self.ip} may belong to another container now")
 
     def _create(self) -> None:
         try:

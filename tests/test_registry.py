@@ -309,6 +309,19 @@ def test_registry_stop_removes_everything(engine_client):
 
 
 @pytest.mark.registry
+def test_stopped_registry_tags_rejected(engine_client):
+    registry = Registry(engine_client).with_hostnames(["stopped.harness.invalid"]).start()
+    try:
+        registry.container.stop(timeout=1)
+
+        # Catches a listing sent to the freed address, where another registry may answer.
+        with pytest.raises(RegistryError, match="is not running"):
+            registry.tags()
+    finally:
+        registry.stop()
+
+
+@pytest.mark.registry
 def test_registry_on_user_network(engine_client):
     network = engine_client.networks.create(f"{labels.PREFIX}-{labels.session_id()}-registry-net",
                                             labels=labels.managed_labels("test-network"))
