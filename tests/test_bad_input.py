@@ -8,6 +8,7 @@ and volumes, plus /etc/hosts and /etc/docker/certs.d, with the listings taken be
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -26,6 +27,8 @@ HOSTS_FILE = Path("/etc/hosts")
 CERTS_DIR = Path("/etc/docker/certs.d")
 ERROR_PREFIX = "harness: error: "
 TEARDOWN_SECONDS = 300  # a generous bound for tearing down a pipeline that should not have started
+# A record of the start-up sweep, which removes what dead sessions left.
+SWEEP_RECORD = re.compile(r"\d\d:\d\d:\d\d INFO harness\.cleanup: ")
 
 
 @dataclass
@@ -39,8 +42,12 @@ class Outcome:
 
     @property
     def error_lines(self) -> list[str]:
-        """The non-empty stderr lines."""
-        return [line for line in self.stderr.splitlines() if line.strip()]
+        """The non-empty stderr lines, without the start-up sweep's records of other sessions' leftovers.
+
+        The sweep removes what dead sessions left, and another test or xdist worker can leave
+        some at any moment, so those records may precede the error line.
+        """
+        return [line for line in self.stderr.splitlines() if line.strip() and not SWEEP_RECORD.match(line)]
 
 
 def run_harness(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> Outcome:
