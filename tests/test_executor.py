@@ -226,7 +226,11 @@ def test_dind_unprivileged_warns_and_fails(client, project, job):
     payload = make_payload(job_id, sha, ["docker info"], image="docker:stable",
                            services=[service], variables=DIND_VARIABLES)
 
-    result = run_job(client, make_config(token, privileged=False, wait_for_services_timeout=10), payload, directory)
+    config = make_config(token, privileged=False, wait_for_services_timeout=10)
+    # A network of the job's own: on the default bridge another test's dind could take the dead
+    # service's address, and the job's docker info then succeeded against that daemon (seen in CI).
+    config["runners"][0]["feature_flags"] = {"FF_NETWORK_PER_BUILD": True}
+    result = run_job(client, config, payload, directory)
 
     service_name = f"{result.container_prefix}-docker-0"
     warning = re.search(r"\*\*\* WARNING:\x1b\[0;m Service (\S+) probably didn't start properly\.\n\n"
@@ -240,9 +244,8 @@ def test_dind_unprivileged_warns_and_fails(client, project, job):
     # The service's own log names why it died: without privileges dockerd cannot set up iptables.
     assert "failed to start daemon" in warning.group(4)
     assert "Waiting for services to be up and running (timeout 10 seconds)..." in result.trace
-    # The link put the exited service's address into the job's hosts file. The client prints "Cannot
-    # connect" when a connection there is refused or times out, and "error during connect" for other dial
-    # errors, such as no route to an address that no container holds any more.
+    # The client prints "Cannot connect" when a connection is refused or times out, and "error during
+    # connect" for other dial errors, such as a service name that no longer resolves.
     assert re.search(r"Cannot connect to the Docker daemon at tcp://docker:2375|error during connect: .*docker:2375",
                      result.trace), result.trace[-3000:]
     assert result.status == "failed"
