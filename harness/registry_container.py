@@ -293,8 +293,8 @@ class RegistryContainer:
             raise RegistryError(f"{self.name} is not started; call start() first")
 
     def _require_running(self) -> None:
-        # A stopped registry's IP address is free, and another container (such as another
-        # session's mirror, with the same CA) can get it and answer in the registry's place.
+        # A stopped registry's IP address is free. Another container (such as another session's
+        # mirror, with the same CA) can get it and then serve the requests meant for the registry.
         self._require_started()
         try:
             self.container.reload()

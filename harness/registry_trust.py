@@ -255,7 +255,7 @@ class HostTrust:
         self._ca_pem = ca_pem
         self._trust_dirs: list[Path] = []
         self._created_dirs: list[Path] = []
-        self._hosts_written = False
+        # When install() wrote the hosts block (time.monotonic()), or None while none is written.
         self._hosts_written_at: float | None = None
 
     @property
@@ -276,7 +276,6 @@ class HostTrust:
             if self.dns_names:
                 entries = {name: self.ip for name in self.dns_names}
                 _rewrite_in_place(self.hosts_file, lambda text: add_hosts_block(text, self.block_id, entries))
-                self._hosts_written = True
                 self._hosts_written_at = time.monotonic()
                 self._verify_resolution()
         except OSError as error:
@@ -308,9 +307,8 @@ class HostTrust:
 
     def remove(self) -> None:
         """Delete what :meth:`install` wrote. Calling it again does nothing."""
-        if self._hosts_written:
+        if self._hosts_written_at is not None:
             _rewrite_in_place(self.hosts_file, lambda text: remove_hosts_blocks(text, self.block_id))
-            self._hosts_written = False
             self._hosts_written_at = None
         for directory in self._trust_dirs:
             (directory / "ca.crt").unlink(missing_ok=True)

@@ -314,7 +314,7 @@ def test_stopped_registry_tags_rejected(engine_client):
     try:
         registry.container.stop(timeout=1)
 
-        # Catches a listing sent to the freed address, where another registry may answer.
+        # Catches a listing sent to the freed address, where another registry may serve it.
         with pytest.raises(RegistryError, match="is not running"):
             registry.tags()
     finally:
